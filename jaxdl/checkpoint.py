@@ -1,0 +1,141 @@
+"""Orbax checkpoints: the latest K for resuming and, kept apart, the best by validation loss.
+
+Each checkpoint holds three items: `state` (params, batch_stats, opt_state, step),
+`data` (the grain iterator state of every process, via grain's orbax handler) and
+`meta` (JSON: best validation loss so far, early-stopping counter). The best
+checkpoint lives in its own manager, so keeping it never evicts a checkpoint
+needed to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            # Synchronous saves: a SIGTERM or crash right after save() loses nothing.
+            enable_async_checkpointing=False,
+        ),
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        },
+    )
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class Checkpoints:
+    """The latest and best checkpoints of one workdir."""
+
+    def __init__(self, workdir: str | Path, keep: int = 2):
+        workdir = Path(workdir)
+        self.latest = _manager(workdir / "checkpoints", keep)
+        self.best = _manager(workdir / "best", 1)
+
+    @staticmethod
+    def _save(manager, step, state_tree, data_iterator, meta) -> None:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state_tree),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+        manager.wait_until_finished()
+
+    def save_latest(self, step: int, state_tree, data_iterator, meta: dict) -> None:
+        """Saves a resumable checkpoint at `step` (older ones beyond K are deleted)."""
+        if step in self.latest.all_steps():
+            return
+        self._save(self.latest, step, state_tree, data_iterator, meta)
+
+    def save_best(self, step: int, state_tree, data_iterator, meta: dict) -> None:
+        """Replaces the best checkpoint by the one at `step`."""
+        if step in self.best.all_steps():
+            return
+        self._save(self.best, step, state_tree, data_iterator, meta)
+
+    def _restore(self, manager, step, state_tree, shardings, data_iterator):
+        items = {"state": ocp.args.StandardRestore(_abstract(state_tree, shardings)), "meta": ocp.args.JsonRestore()}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], restored["meta"]
+
+    def restore_latest(self, state_tree, shardings, data_iterator) -> tuple[Any, dict] | None:
+        """Restores the newest readable checkpoint onto `shardings`, or None if there is none.
+
+        A newer checkpoint that cannot be read (half written, corrupt) while an
+        older one can is skipped with a warning and renamed `<step>.unreadable`,
+        so it is kept for inspection and its step can be saved again. If no
+        checkpoint can be read, the run stops: starting over would silently
+        discard them (the usual cause is a changed model or dataset config).
+        """
+        failed = []
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                restored = self._restore(self.latest, step, state_tree, shardings, data_iterator)
+            except Exception as error:  # Any read failure means: fall back to an older one.
+                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error) else ''}"
+                log.warning("checkpoint at step %d is unreadable (%s); trying the previous one", step, reason)
+                failed.append((step, reason))
+                continue
+            self._set_aside([step for step, _ in failed])
+            return restored
+        if failed:
+            raise RuntimeError(
+                f"no checkpoint in {self.latest.directory} can be restored (newest: step {failed[0][0]}, "
+                f"{failed[0][1]}); use a new workdir or the config the run was started with"
+            )
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            directory = Path(self.latest.directory)
+            for step in steps:
+                (directory / str(step)).rename(directory / f"{step}.unreadable")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxdl_set_aside_checkpoints")
+        self.latest.reload()
+
+    def restore_best(self, state_tree, shardings) -> tuple[Any, dict] | None:
+        """Restores the best checkpoint's state and meta, or None if there is none."""
+        step = self.best.latest_step()
+        if step is None:
+            return None
+        return self._restore(self.best, step, state_tree, shardings, None)
+
+    def best_meta(self) -> dict | None:
+        """The meta of the best checkpoint (its step and validation loss)."""
+        step = self.best.latest_step()
+        if step is None:
+            return None
+        return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def close(self) -> None:
+        """Waits for pending writes and releases the managers."""
+        self.latest.close()
+        self.best.close()

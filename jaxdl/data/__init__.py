@@ -1,0 +1,1 @@
+"""Datasets (tfds builders and sources), grain pipelines and augmentations."""

@@ -1,0 +1,199 @@
+"""Random-access data sources: jaxdl's own tfds builders and any prepared tfds dataset.
+
+Shipped tables from scikit-learn are written once as ArrayRecord tfds datasets in
+the local data dir and read back through `as_data_source`, exactly as a standard
+tfds dataset is read through `tfds.data_source` -- no TensorFlow involved.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+# Split fractions of the shipped tables, taken in this order from one seeded
+# permutation so that the splits never overlap and never change between runs.
+_SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.15, "test": 0.15}
+_SPLIT_SEED = 0
+
+
+class DatasetNotPreparedError(RuntimeError):
+    """A tfds dataset has no ArrayRecord data in the data dir and cannot be fetched."""
+
+
+class _SklearnTable(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A scikit-learn bundled table, split 70/15/15 into train/validation/test."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    @abc.abstractmethod
+    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+        """All inputs and targets of the table."""
+
+    @abc.abstractmethod
+    def _example(self, x: np.ndarray, y) -> dict:
+        """One record in the builder's feature structure."""
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # The data ships with scikit-learn; nothing is downloaded.
+        x, y = self._load()
+        order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
+        bounds = np.cumsum([round(f * len(x)) for f in _SPLIT_FRACTIONS.values()])[:-1]
+        parts = np.split(order, bounds)
+        return {name: self._generate_examples(x[idx], y[idx]) for name, idx in zip(_SPLIT_FRACTIONS, parts)}
+
+    def _generate_examples(self, x, y):
+        for i, (xi, yi) in enumerate(zip(x, y)):
+            yield i, self._example(xi, yi)
+
+
+class Digits(_SklearnTable, skip_registration=True):
+    """scikit-learn's 1,797 8x8 handwritten digits (pixel values 0..16)."""
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="UCI optical recognition of handwritten digits, as shipped by scikit-learn.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }
+            ),
+            supervised_keys=("image", "label"),
+        )
+
+    def _load(self):
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        return data.images.astype(np.uint8)[..., None], data.target.astype(np.int64)
+
+    def _example(self, x, y):
+        return {"image": x, "label": int(y)}
+
+
+class BreastCancer(_SklearnTable, skip_registration=True):
+    """scikit-learn's Wisconsin breast-cancer table: 569 patients, 30 features."""
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Wisconsin diagnostic breast cancer, as shipped by scikit-learn.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "features": tfds.features.Tensor(shape=(30,), dtype=np.float32),
+                    "label": tfds.features.ClassLabel(names=["malignant", "benign"]),
+                }
+            ),
+            supervised_keys=("features", "label"),
+        )
+
+    def _load(self):
+        from sklearn.datasets import load_breast_cancer
+
+        data = load_breast_cancer()
+        return data.data.astype(np.float32), data.target.astype(np.int64)
+
+    def _example(self, x, y):
+        return {"features": x, "label": int(y)}
+
+
+class Diabetes(_SklearnTable, skip_registration=True):
+    """scikit-learn's diabetes table: 442 patients, 10 raw features, a real target."""
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Diabetes progression one year after baseline, as shipped by scikit-learn.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "features": tfds.features.Tensor(shape=(10,), dtype=np.float32),
+                    "target": tfds.features.Tensor(shape=(), dtype=np.float32),
+                }
+            ),
+            supervised_keys=("features", "target"),
+        )
+
+    def _load(self):
+        from sklearn.datasets import load_diabetes
+
+        data = load_diabetes(scaled=False)
+        return data.data.astype(np.float32), data.target.astype(np.float32)
+
+    def _example(self, x, y):
+        return {"features": x, "target": np.float32(y)}
+
+
+LOCAL_BUILDERS = {"digits": Digits, "breast_cancer": BreastCancer, "diabetes": Diabetes}
+
+
+def default_data_dir() -> Path:
+    """Where jaxdl's own datasets are built: $JAXDL_DATA_DIR or ~/.cache/jaxdl/datasets."""
+    return Path(os.environ.get("JAXDL_DATA_DIR", Path.home() / ".cache" / "jaxdl" / "datasets"))
+
+
+def is_known(name: str) -> bool:
+    """Whether `name` is a jaxdl builder or a registered tfds dataset."""
+    if name in LOCAL_BUILDERS:
+        return True
+    try:
+        tfds.builder_cls(name.split("/")[0].split(":")[0])
+    except Exception:  # tfds raises several types for unknown names.
+        return False
+    return True
+
+
+def local_builder(name: str, data_dir: str = "") -> tfds.core.DatasetBuilder:
+    """A jaxdl builder, prepared on first use."""
+    builder = LOCAL_BUILDERS[name](data_dir=data_dir or str(default_data_dir()), file_format="array_record")
+    if not builder.is_prepared():
+        builder.download_and_prepare()
+    return builder
+
+
+def load_source(name: str, split: str, data_dir: str = ""):
+    """A random-access source of one split: records are dicts of numpy values."""
+    if name in LOCAL_BUILDERS:
+        return local_builder(name, data_dir).as_data_source(split=split)
+    try:
+        # download=False: without network a download would fail late or hang.
+        return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    except Exception as error:
+        where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+        raise DatasetNotPreparedError(
+            f"tfds dataset '{name}' (split '{split}') is not prepared as ArrayRecord in {where}: "
+            f"on a machine with network run `tfds build {name} --file_format=array_record "
+            f"--data_dir={where}` (or copy a prepared {name}/ folder there) and set "
+            f"config.dataset.data_dir ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        ) from error
+
+
+class InMemorySource:
+    """A source decoded once into stacked numpy arrays; fast random access."""
+
+    def __init__(self, source):
+        self._name = repr(source)
+        records = [source[i] for i in range(len(source))]
+        if not records:
+            raise ValueError("cannot cache an empty split")
+        self._columns = {key: np.stack([np.asarray(r[key]) for r in records]) for key in records[0]}
+        self._length = len(records)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __repr__(self) -> str:
+        # grain checks a restored iterator against repr(source): it must not hold an address.
+        return f"InMemorySource({self._name}, {self._length} records)"
+
+    def __getitem__(self, index: int) -> dict:
+        return {key: column[index] for key, column in self._columns.items()}
+
+    def column(self, key: str) -> np.ndarray:
+        """All values of one feature, stacked."""
+        return self._columns[key]

@@ -1,0 +1,144 @@
+"""Per-example transforms as small registered grain ops, named in configs as strings.
+
+A spec is `name(arg=value, ...)` joined by `|`, e.g.
+`"rescale(scale=0.0625)|random_crop(padding=1)|random_flip()"`. Every transform
+reads and writes the `input` entry of an example `{"input": x, "target": y}`.
+Random transforms draw from the per-record generator grain passes in, which is
+derived from the sampler seed and the record's position: augmentation replays
+exactly after a resume.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from collections.abc import Mapping
+
+import grain
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One parsed transform: its registered name and keyword arguments."""
+
+    name: str
+    kwargs: dict
+
+
+class Rescale(grain.transforms.Map):
+    """Casts to float32 and multiplies by `scale` (e.g. 1/255 for uint8 images)."""
+
+    def __init__(self, scale: float):
+        self.scale = np.float32(scale)
+
+    def map(self, example):
+        return {**example, "input": example["input"].astype(np.float32) * self.scale}
+
+
+class Normalize(grain.transforms.Map):
+    """(x - mean) / std with constants, scalar or one per channel."""
+
+    def __init__(self, mean, std):
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        if np.any(self.std <= 0):
+            raise ValueError(f"normalize: std must be > 0, got {std}")
+
+    def map(self, example):
+        return {**example, "input": (example["input"].astype(np.float32) - self.mean) / self.std}
+
+
+class Standardize(Normalize):
+    """(x - mean) / std with per-feature statistics of the training split."""
+
+    def __init__(self, statistics: Mapping[str, np.ndarray]):
+        std = np.where(np.asarray(statistics["std"]) > 0, statistics["std"], 1.0)  # Constant features stay finite.
+        super().__init__(statistics["mean"], std)
+
+
+class RandomCrop(grain.transforms.RandomMap):
+    """Zero-pads height and width by `padding`, then crops a random window of the original size."""
+
+    def __init__(self, padding: int = 4):
+        if padding < 0:
+            raise ValueError(f"random_crop: padding must be >= 0, got {padding}")
+        self.padding = int(padding)
+
+    def random_map(self, example, rng: np.random.Generator):
+        image = example["input"]
+        height, width = image.shape[:2]
+        # Offsets of the window in the padded image, as shifts of the original.
+        dy, dx = rng.integers(-self.padding, self.padding + 1, size=2)
+        out = np.zeros_like(image)
+        src_y, dst_y = slice(max(dy, 0), height + min(dy, 0)), slice(max(-dy, 0), height + min(-dy, 0))
+        src_x, dst_x = slice(max(dx, 0), width + min(dx, 0)), slice(max(-dx, 0), width + min(-dx, 0))
+        # Copying the overlap into zeros equals pad-then-crop, without the padded copy.
+        out[dst_y, dst_x] = image[src_y, src_x]
+        return {**example, "input": out}
+
+
+class RandomFlip(grain.transforms.RandomMap):
+    """Mirrors the image left-right with probability `p`."""
+
+    def __init__(self, p: float = 0.5):
+        if not 0 <= p <= 1:
+            raise ValueError(f"random_flip: p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def random_map(self, example, rng: np.random.Generator):
+        if rng.random() < self.p:
+            return {**example, "input": example["input"][:, ::-1]}
+        return example
+
+
+# name -> constructor; `standardize` also receives the training statistics.
+REGISTRY = {
+    "rescale": Rescale,
+    "normalize": Normalize,
+    "standardize": Standardize,
+    "random_crop": RandomCrop,
+    "random_flip": RandomFlip,
+}
+
+
+def parse(text: str) -> list[Spec]:
+    """Parses `"a(x=1)|b()"` into specs; unknown names and bad syntax raise ValueError."""
+    specs = []
+    for part in filter(None, (p.strip() for p in text.split("|"))):
+        try:
+            node = ast.parse(part, mode="eval").body
+        except SyntaxError:
+            raise ValueError(f"cannot parse transform '{part}'; write name(arg=value, ...)") from None
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+            raise ValueError(f"cannot parse transform '{part}'; write name(arg=value, ...)")
+        name = node.func.id
+        if name not in REGISTRY:
+            raise ValueError(f"unknown transform '{name}'; choose one of: {', '.join(sorted(REGISTRY))}")
+        try:
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+        except ValueError:
+            raise ValueError(f"transform '{part}': arguments must be literals") from None
+        if name == "standardize" and kwargs:
+            raise ValueError("standardize() takes no arguments; it uses the training split's statistics")
+        specs.append(Spec(name, kwargs))
+    return specs
+
+
+def needs_statistics(specs: list[Spec]) -> bool:
+    """Whether any transform needs the training split's statistics."""
+    return any(spec.name == "standardize" for spec in specs)
+
+
+def build(specs: list[Spec], statistics: Mapping[str, np.ndarray] | None = None) -> list:
+    """Instantiates the grain ops of `specs`; bad arguments raise ValueError."""
+    ops = []
+    for spec in specs:
+        try:
+            if spec.name == "standardize":
+                ops.append(Standardize(statistics))
+            else:
+                ops.append(REGISTRY[spec.name](**spec.kwargs))
+        except TypeError as error:
+            raise ValueError(f"transform '{spec.name}': {error}") from None
+    return ops

@@ -1,0 +1,90 @@
+"""Model registry: build Flax models by name and inspect their parameters."""
+
+import dataclasses
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from jaxdl.models.cnn import CNN
+from jaxdl.models.linear import LogisticRegression
+from jaxdl.models.mlp import MLP
+
+__all__ = [
+    "CNN",
+    "MLP",
+    "LogisticRegression",
+    "count_params",
+    "create_model",
+    "list_models",
+    "model_accepts",
+    "model_fields",
+]
+
+# Read-only so no caller can register models at runtime behind our back.
+_REGISTRY: Mapping[str, type[nn.Module]] = MappingProxyType(
+    {
+        "cnn": CNN,
+        "logistic_regression": LogisticRegression,
+        "mlp": MLP,
+    }
+)
+
+# Flax adds these to every Module dataclass; they are not hyperparameters.
+_INTERNAL_FIELDS = frozenset({"parent", "name"})
+
+
+def list_models() -> list[str]:
+    """Return the sorted names of all registered models."""
+    return sorted(_REGISTRY)
+
+
+def _lookup(name: str) -> type[nn.Module]:
+    """Return the model class registered as `name` or raise ValueError."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        choices = ", ".join(list_models())
+        raise ValueError(
+            f"unknown model {name!r}; choose one of: {choices}"
+        ) from None
+
+
+def model_fields(name: str) -> list[str]:
+    """Return the sorted hyperparameter field names of model `name`."""
+    cls = _lookup(name)
+    return sorted(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init and f.name not in _INTERNAL_FIELDS
+    )
+
+
+def model_accepts(name: str, field: str) -> bool:
+    """Return whether model `name` has a hyperparameter field `field`."""
+    return field in model_fields(name)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Instantiate registered model `name` with hyperparameters `kwargs`."""
+    cls = _lookup(name)
+    fields = model_fields(name)
+    # The training loop passes axis_name to every model under pmap; only
+    # models with BatchNorm need it, so others drop it silently.
+    if "axis_name" in kwargs and "axis_name" not in fields:
+        kwargs.pop("axis_name")
+    unknown = sorted(set(kwargs) - set(fields))
+    if unknown:
+        raise TypeError(
+            f"unknown argument(s) {', '.join(map(repr, unknown))} for model "
+            f"{name!r}; valid fields: {', '.join(fields)}"
+        )
+    return cls(**kwargs)
+
+
+def count_params(params: Any) -> int:
+    """Return the total number of scalars in a params pytree."""
+    leaves = jax.tree_util.tree_leaves(params)
+    return int(sum(np.size(leaf) for leaf in leaves))

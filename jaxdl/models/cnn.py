@@ -1,0 +1,51 @@
+"""Small convolutional network: conv-relu-pool blocks and a dense head."""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class CNN(nn.Module):
+    """Conv(-BatchNorm)-ReLU-MaxPool blocks, then Dense-ReLU-Dropout-Dense."""
+
+    num_outputs: int
+    features: Sequence[int] = (32, 64)
+    kernel_size: int = 3
+    dense_features: int = 128
+    dropout_rate: float = 0.25
+    use_batch_norm: bool = False
+    # Set under jax.pmap/vmap so BatchNorm averages statistics over devices.
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits of shape (batch, num_outputs) for NHWC input."""
+        k = self.kernel_size
+        for i, feat in enumerate(self.features):
+            x = nn.Conv(
+                feat,
+                (k, k),
+                padding="SAME",
+                dtype=self.dtype,
+                name=f"conv_{i}",
+            )(x)
+            if self.use_batch_norm:
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=0.9,
+                    axis_name=self.axis_name,
+                    dtype=self.dtype,
+                    name=f"bn_{i}",
+                )(x)
+            x = nn.relu(x)
+            # SAME padding lets odd sizes shrink by ceil(n / 2) instead of
+            # failing, so tiny 8x8 inputs survive several blocks.
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(self.dense_features, dtype=self.dtype, name="dense")(x)
+        x = nn.relu(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)

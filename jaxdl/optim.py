@@ -1,0 +1,66 @@
+"""Optax optimizer and learning-rate schedule from the config."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+
+def decay_mask(params):
+    """True for weights that take weight decay: kernels, not biases or norm scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def build_schedule(config: ml_collections.ConfigDict, num_updates: int) -> optax.Schedule:
+    """Linear warmup to the peak, then constant, cosine or step decay.
+
+    Args:
+      config: the full experiment config (reads `optimizer` and `schedule`).
+      num_updates: optimizer updates of the whole run (steps / grad_accum_steps).
+    """
+    peak = config.optimizer.learning_rate
+    sched = config.schedule
+    warmup = min(sched.warmup_steps, max(num_updates - 1, 0))
+    remaining = max(num_updates - warmup, 1)
+    if sched.name == "constant":
+        main = optax.constant_schedule(peak)
+    elif sched.name == "cosine":
+        main = optax.cosine_decay_schedule(peak, decay_steps=remaining, alpha=sched.final_fraction)
+    elif sched.name == "step":
+        # Boundaries are fractions of the whole run; the main schedule starts after warmup.
+        boundaries = {max(round(b * num_updates) - warmup, 1): sched.decay_factor for b in sched.decay_boundaries}
+        main = optax.piecewise_constant_schedule(peak, boundaries)
+    else:
+        raise ValueError(f"unknown schedule '{sched.name}'; choose one of: constant, cosine, step")
+    if warmup == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def build_optimizer(
+    config: ml_collections.ConfigDict, num_updates: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The configured optimizer and its schedule (the schedule is also logged)."""
+    opt = config.optimizer
+    schedule = build_schedule(config, num_updates)
+    if opt.name == "sgd":
+        base = optax.sgd(schedule)
+    elif opt.name == "momentum":
+        base = optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.nesterov)
+    elif opt.name == "adam":
+        base = optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+    elif opt.name == "adamw":
+        base = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
+    else:
+        raise ValueError(f"unknown optimizer '{opt.name}'; choose one of: sgd, momentum, adam, adamw")
+    parts = []
+    if opt.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+    if opt.weight_decay > 0 and opt.name != "adamw":
+        # L2 decay added to the gradient (coupled), as in classic SGD training recipes.
+        parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
+    tx = optax.chain(*parts, base) if parts else base
+    if opt.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=opt.grad_accum_steps)
+    return tx, schedule

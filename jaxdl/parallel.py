@@ -1,0 +1,144 @@
+"""Device mesh, shardings, and the two ways of running a step: jit over a Mesh, or pmap.
+
+Both strategies take the same pure step functions. Under `jit` the batch is one
+global array sharded over the `data` axis and XLA inserts the collectives, so
+BatchNorm sees the global batch. Under `pmap` each device runs the step on its
+slice and the step itself averages gradients and syncs BatchNorm over the
+`batch` axis name.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+PMAP_AXIS = "batch"
+
+
+def initialize_distributed(enabled: bool) -> None:
+    """Joins a multi-process run (coordinator and ids come from the environment)."""
+    if enabled and jax.process_count() == 1:
+        jax.distributed.initialize()
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+    """A 1-D `data` mesh over all devices, or over the first `num_devices` (one process only)."""
+    devices = jax.devices()
+    if num_devices:
+        if jax.process_count() > 1:
+            raise ValueError("config.parallel.num_devices must be 0 in a multi-process run")
+        if num_devices > len(devices):
+            raise ValueError(
+                f"config.parallel.num_devices={num_devices} is not valid; only {len(devices)} devices exist"
+            )
+        devices = devices[:num_devices]
+    return Mesh(np.array(devices), ("data",))
+
+
+class JitStrategy:
+    """Replicated state, batch sharded over the mesh's `data` axis, one jitted step."""
+
+    axis_name = None
+
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
+        self.replicated = NamedSharding(mesh, P())
+        self.batch_sharding = NamedSharding(mesh, P("data"))
+
+    def place_batch(self, batch: dict) -> dict:
+        """Builds global arrays from this process's share of the batch."""
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), batch)
+
+    def put_state(self, tree):
+        """Places a state (host or device arrays) replicated on the mesh."""
+        return jax.device_put(tree, self.replicated)
+
+    def state_shardings(self, tree):
+        """Sharding of every state leaf, for restoring checkpoints straight onto the mesh."""
+        return jax.tree.map(lambda _: self.replicated, tree)
+
+    def host_state(self, tree):
+        """The state as checkpointable global arrays (already so under jit)."""
+        return tree
+
+    def compile_train(self, step: Callable) -> Callable:
+        """jit with the state donated: its buffers are reused for the new state."""
+        return jax.jit(step, donate_argnums=0, out_shardings=(self.replicated, self.replicated))
+
+    def compile_eval(self, step: Callable) -> Callable:
+        """jit of an evaluation step; outputs are replicated scalars."""
+        return jax.jit(step, out_shardings=self.replicated)
+
+    def unreplicate_metrics(self, metrics):
+        """Metrics are already global scalars."""
+        return metrics
+
+
+class PmapStrategy:
+    """One state copy per device; the step runs per device under `jax.pmap`."""
+
+    axis_name = PMAP_AXIS
+
+    def __init__(self, mesh: Mesh):
+        if jax.process_count() > 1:
+            raise ValueError("config.parallel.strategy='pmap' is supported in single-process runs; use 'jit'")
+        self.mesh = mesh
+        self.devices = list(mesh.devices.flat)
+        self.stacked = NamedSharding(mesh, P("data"))
+
+    def place_batch(self, batch: dict) -> dict:
+        """Splits the batch into one slice per device along a new leading axis."""
+        n = len(self.devices)
+        return jax.tree.map(
+            lambda x: jax.device_put(x.reshape(n, x.shape[0] // n, *x.shape[1:]), self.stacked), batch
+        )
+
+    def put_state(self, tree):
+        """One copy of the state per device (a leading device axis)."""
+        n = len(self.devices)
+        return jax.tree.map(
+            lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), self.stacked), tree
+        )
+
+    def state_shardings(self, tree):
+        """Checkpoints restore onto the first device; put_state replicates them."""
+        single = jax.sharding.SingleDeviceSharding(self.devices[0])
+        return jax.tree.map(lambda _: single, tree)
+
+    def host_state(self, tree):
+        """The first device's copy: all copies are equal after each synced step."""
+        return jax.tree.map(lambda x: x[0], tree)
+
+    def compile_train(self, step: Callable) -> Callable:
+        """pmap with the state donated; gradients are averaged inside the step."""
+        return jax.pmap(
+            functools.partial(step, axis_name=PMAP_AXIS),
+            axis_name=PMAP_AXIS,
+            devices=self.devices,
+            in_axes=(0, 0, None),
+            donate_argnums=0,
+        )
+
+    def compile_eval(self, step: Callable) -> Callable:
+        """pmap of an evaluation step; sums are psum-med inside the step."""
+        return jax.pmap(
+            functools.partial(step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, devices=self.devices
+        )
+
+    def unreplicate_metrics(self, metrics):
+        """Every device holds the same reduced metrics: keep the first."""
+        return jax.tree.map(lambda x: x[0], metrics)
+
+
+def make_strategy(name: str, mesh: Mesh) -> JitStrategy | PmapStrategy:
+    """The strategy named by config.parallel.strategy."""
+    if name == "jit":
+        return JitStrategy(mesh)
+    if name == "pmap":
+        return PmapStrategy(mesh)
+    raise ValueError(f"unknown parallel strategy '{name}'; choose one of: jit, pmap")

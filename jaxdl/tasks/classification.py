@@ -1,0 +1,46 @@
+"""Classification: softmax cross-entropy, or one logit and a sigmoid for 2 classes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdl.tasks.base import Task
+
+
+class Classification(Task):
+    """Multi-class softmax; binary logistic when num_classes == 2."""
+
+    def __init__(self, num_classes: int):
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.num_classes = num_classes
+
+    @property
+    def binary(self) -> bool:
+        """Two classes are modelled by one logit, as in logistic regression."""
+        return self.num_classes == 2
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.binary else self.num_classes
+
+    def prepare_targets(self, targets: jax.Array) -> jax.Array:
+        return jnp.asarray(targets).astype(jnp.int32).reshape(-1)
+
+    def loss(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+        outputs = outputs.astype(jnp.float32)
+        if self.binary:
+            return optax.sigmoid_binary_cross_entropy(outputs[:, 0], targets.astype(jnp.float32))
+        return optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
+
+    def predictions(self, outputs: jax.Array) -> jax.Array:
+        """The predicted class of each example."""
+        if self.binary:
+            return (outputs[:, 0] > 0).astype(jnp.int32)
+        return jnp.argmax(outputs, axis=-1)
+
+    def metrics(self, outputs: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
+        accuracy = (self.predictions(outputs) == targets).astype(jnp.float32)
+        return {"loss": self.loss(outputs, targets), "accuracy": accuracy}

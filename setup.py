@@ -1,0 +1,38 @@
+"""Installs jaxdl: `pip install -e .` (add `[test]` for the test suite)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxdl",
+    version="0.1.0",
+    description="JAX/Flax models of an introductory deep-learning course, one training loop.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["jaxdl", "jaxdl.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.6",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.12",
+        "tensorflow-datasets>=4.9.9",
+        # tfds imports it while preparing a builder; it is not pulled in on its own.
+        "importlib_resources",
+        "ml-collections>=1.0",
+        "scikit-learn>=1.5",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "jaxdl-train=jaxdl.main:train_cli",
+            "jaxdl-eval=jaxdl.main:eval_cli",
+        ],
+    },
+)

@@ -1,0 +1,20 @@
+"""Test setup: 8 simulated CPU devices, an isolated data dir, and small shared helpers."""
+
+import os
+import sys
+from pathlib import Path
+
+# Must be set before JAX starts: sharding tests need several devices.
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_dir(tmp_path_factory):
+    """jaxdl's own datasets are built once per test session in a temporary dir."""
+    os.environ.setdefault("JAXDL_DATA_DIR", str(tmp_path_factory.mktemp("datasets")))

@@ -1,0 +1,64 @@
+"""Small configs and readers shared by the end-to-end tests."""
+
+import json
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxdl import configuration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config(name: str = "digits_cnn", **overrides) -> ml_collections.ConfigDict:
+    """A shipped config with `key=value` overrides (dots as double underscores)."""
+    cfg = configuration.load_config(ROOT / "configs" / f"{name}.py")
+    cfg.training.progress_bar = False
+    configuration.apply_overrides(cfg, [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()])
+    return cfg
+
+
+def tiny_cnn(**overrides) -> ml_collections.ConfigDict:
+    """A few steps of a small CNN (with BatchNorm and dropout) on digits."""
+    base = dict(
+        model__kwargs="{'features': (4, 8), 'dense_features': 16, 'dropout_rate': 0.2, 'use_batch_norm': True}",
+        # Momentum SGD: linear in the gradient, so device-count rounding differences
+        # stay at float precision (Adam's normalisation amplifies them near zero).
+        optimizer__name="momentum",
+        optimizer__learning_rate=0.05,
+        training__batch_size=16,
+        training__num_steps=10,
+        training__eval_every_steps=5,
+        training__checkpoint_every_steps=5,
+        training__log_every_steps=1,
+        parallel__num_devices=1,
+    )
+    base.update(overrides)
+    return config("digits_cnn", **base)
+
+
+def metrics_lines(workdir) -> list[dict]:
+    """metrics.jsonl without the timing-dependent throughput."""
+    lines = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "steps_per_sec"} for line in lines]
+
+
+def saved_params(workdir, kind: str = "checkpoints") -> dict:
+    """Params of the newest checkpoint in workdir/<kind>, as numpy arrays."""
+    with ocp.CheckpointManager(Path(workdir).absolute() / kind) as manager:
+        step = manager.latest_step()
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"]["params"], step
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+    """Leaves of two pytrees agree within tolerance."""
+    import jax
+
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
