@@ -159,8 +159,8 @@ def _versions() -> dict:
             "flax": flax.__version__, "optax": optax.__version__}
 
 
-class _Run:
-    """Everything one training run builds from its config."""
+class Experiment:
+    """What one run builds from its config: mesh, strategy, task, model, data, optimizer."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         parallel.initialize_distributed(config.parallel.distributed)
@@ -220,7 +220,7 @@ def train_and_evaluate(
     """
     start_time = time.time()
     workdir = Path(workdir)
-    run = _Run(config, workdir)
+    run = Experiment(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if run.chief:
         _save_config(config, workdir)
@@ -361,7 +361,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{workdir} holds no config.json: is it a jaxdl workdir?")
     config = configuration.read_config(path)
-    run = _Run(config, workdir)
+    run = Experiment(config, workdir)
     abstract, _ = run.abstract_state(jax.random.key(config.seed))
     tree = abstract.checkpoint_tree()
     checkpoints = Checkpoints(workdir, keep=config.training.keep_checkpoints)

@@ -16,5 +16,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _data_dir(tmp_path_factory):
-    """jaxdl's own datasets are built once per test session in a temporary dir."""
-    os.environ.setdefault("JAXDL_DATA_DIR", str(tmp_path_factory.mktemp("datasets")))
+    """jaxdl's own datasets are built once per test process in its own temporary dir.
+
+    One dir per process: pytest-xdist workers would otherwise race to build the
+    same dataset.
+    """
+    os.environ["JAXDL_DATA_DIR"] = str(tmp_path_factory.mktemp("datasets"))

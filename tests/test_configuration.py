@@ -1,0 +1,110 @@
+"""Config loading, command-line overrides and the one-line errors of bad configs."""
+
+import json
+
+import ml_collections
+import pytest
+
+from jaxdl import configuration, main
+from tests import helpers
+
+CONFIG = str(helpers.ROOT / "configs" / "digits_cnn.py")
+
+
+def _train(tmp_path, capsys, *overrides):
+    workdir = tmp_path / "run"
+    code = main.train_cli([f"--config={CONFIG}", f"--workdir={workdir}", *overrides])
+    err = capsys.readouterr().err.strip()
+    return code, err, workdir
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("--config.optimizer.lrate=0.1", "unknown config key 'optimizer.lrate'; keys of optimizer: "),
+        ("--config.seed=abc", "config.seed expects int, got 'abc'"),
+        ("--config.training.progress_bar=maybe", "config.training.progress_bar expects a bool"),
+        ("--config.model.name=resnet9000", "config.model.name='resnet9000' is not valid; choose one of: cnn,"),
+        ("--config.dataset.name=nope", "config.dataset.name='nope' is not a known dataset; choose one of: digits,"),
+        ("--config.training.batch_size=12", "config.training.batch_size=12 is not divisible by the 8 devices"),
+        ("--config.optimizer.learning_rate=-0.1", "config.optimizer.learning_rate=-0.1 is not valid; it must be > 0"),
+        ("--config.optimizer.name=rmsprop", "config.optimizer.name='rmsprop' is not valid; choose one of: sgd, momentum,"),
+        ("--config.schedule.name=linear", "config.schedule.name='linear' is not valid; choose one of: constant,"),
+        ("--config.parallel.strategy=pjit", "config.parallel.strategy='pjit' is not valid; choose one of: jit, pmap"),
+        ("--config.dataset.train_transforms=blur()", "unknown transform 'blur'; choose one of: normalize,"),
+        ("--config.dataset.train_transforms=random_crop(pad=1)", "transform 'random_crop': "),
+        ("--config.model.kwargs={'widht': 3}", "config.model.kwargs: "),
+        ("--config.task.num_classes=1", "config.task.num_classes=1 is not valid; it must be >= 2"),
+        ("--config.training.num_epochs=0", "config.training.num_epochs=0.0 is not valid; it must be > 0"),
+    ],
+)
+def test_bad_config_stops_before_compute_with_one_line(tmp_path, capsys, override, expected):
+    code, err, workdir = _train(tmp_path, capsys, override)
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("jaxdl-train: error: ")
+    assert expected in err
+    assert not workdir.exists()  # Nothing was started.
+
+
+def test_missing_config_file(tmp_path, capsys):
+    code = main.train_cli([f"--config={tmp_path / 'nope.py'}", f"--workdir={tmp_path / 'w'}"])
+    assert code == 2
+    assert "no such config file" in capsys.readouterr().err
+
+
+def test_unprepared_tfds_dataset_gives_clear_error(tmp_path, capsys):
+    code, err, _ = _train(
+        tmp_path, capsys, "--config.dataset.name=mnist", f"--config.dataset.data_dir={tmp_path / 'empty'}"
+    )
+    assert code == 1
+    assert "tfds dataset 'mnist'" in err and "tfds build mnist --file_format=array_record" in err
+
+
+def test_overrides_are_typed():
+    cfg = helpers.config("digits_cnn")
+    configuration.apply_overrides(
+        cfg,
+        [
+            "optimizer.learning_rate=1",  # An int where a float is expected stays a float.
+            "training.progress_bar=true",
+            "schedule.decay_boundaries=(0.3, 0.6)",
+            "dataset.name=breast_cancer",
+            "model.kwargs={'features': (8,), 'dropout_rate': 0.0}",
+        ],
+    )
+    assert cfg.optimizer.learning_rate == 1.0 and isinstance(cfg.optimizer.learning_rate, float)
+    assert cfg.training.progress_bar is True
+    assert cfg.schedule.decay_boundaries == (0.3, 0.6)
+    assert cfg.dataset.name == "breast_cancer"
+    assert cfg.model.kwargs.to_dict() == {"features": (8,), "dropout_rate": 0.0}
+
+
+def test_saved_config_round_trips_and_hash_is_stable(tmp_path):
+    cfg = helpers.config("digits_cnn")
+    configuration.save_config(cfg, tmp_path / "config.json")
+    back = configuration.read_config(tmp_path / "config.json")
+    assert configuration.config_hash(back) == configuration.config_hash(cfg)
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
+    other = helpers.config("digits_cnn", seed=1)
+    assert configuration.config_hash(other) != configuration.config_hash(cfg)
+
+
+def test_every_shipped_config_is_valid():
+    for path in sorted((helpers.ROOT / "configs").glob("*.py")):
+        if path.stem in ("__init__", "base"):
+            continue
+        cfg = configuration.load_config(path)
+        assert isinstance(cfg, ml_collections.ConfigDict)
+        configuration.validate(cfg, num_devices=1)
+
+
+def test_cli_trains_and_eval_cli_reports_the_same_test_metrics(tmp_path, capsys):
+    code, _, workdir = _train(
+        tmp_path, capsys, "--config.training.num_steps=3", "--config.parallel.num_devices=1",
+        "--config.training.batch_size=16",
+    )
+    assert code == 0
+    results = json.loads((workdir / "results.json").read_text())
+    assert main.eval_cli([f"--workdir={workdir}"]) == 0
+    assert json.loads(capsys.readouterr().out) == results["test"]
