@@ -9,68 +9,68 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """Returns the base config; not an experiment of its own."""
-  config = ml_collections.ConfigDict()
-  config.seed = 0  # Seeds init, dropout and the data order: same seed, same numbers.
+    """Returns the base config; not an experiment of its own."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Seeds init, dropout and the data order: same seed, same numbers.
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "cnn"  # A name from jaxdl.models.list_models().
-  # Keyword arguments of the model constructor (features, dropout_rate, ...).
-  config.model.kwargs = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "cnn"  # A name from jaxdl.models.list_models().
+    # Keyword arguments of the model constructor (features, dropout_rate, ...).
+    config.model.kwargs = ml_collections.ConfigDict()
 
-  config.task = ml_collections.ConfigDict()
-  config.task.name = "classification"  # classification | regression
-  config.task.num_classes = 10  # Classification only; 2 means one logit, sigmoid loss.
-  config.task.num_targets = 1  # Regression only.
+    config.task = ml_collections.ConfigDict()
+    config.task.name = "classification"  # classification | regression
+    config.task.num_classes = 10  # Classification only; 2 means one logit, sigmoid loss.
+    config.task.num_targets = 1  # Regression only.
 
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "digits"  # A jaxdl builder (digits, breast_cancer, diabetes) or a tfds name.
-  config.dataset.data_dir = ""  # Empty: $JAXDL_DATA_DIR, else ~/.cache/jaxdl/datasets.
-  config.dataset.train_split = "train"
-  config.dataset.val_split = "validation"
-  config.dataset.test_split = "test"
-  config.dataset.input_key = "image"
-  config.dataset.target_key = "label"
-  # Transforms as "name(arg=value)|name2(...)"; see jaxdl.data.transforms.
-  config.dataset.train_transforms = ""
-  config.dataset.eval_transforms = ""
-  config.dataset.cache_in_memory = True  # Decode the splits once; for small datasets.
-  config.dataset.worker_count = 0  # grain worker processes (0: read in this process).
-  config.dataset.prefetch_batches = 2  # Batches placed on device ahead of the step.
-  config.dataset.eval_remainder = "pad"  # pad: evaluate every example | drop.
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "digits"  # A jaxdl builder (digits, breast_cancer, diabetes) or a tfds name.
+    config.dataset.data_dir = ""  # Empty: $JAXDL_DATA_DIR, else ~/.cache/jaxdl/datasets.
+    config.dataset.train_split = "train"
+    config.dataset.val_split = "validation"
+    config.dataset.test_split = "test"
+    config.dataset.input_key = "image"
+    config.dataset.target_key = "label"
+    # Transforms as "name(arg=value)|name2(...)"; see jaxdl.data.transforms.
+    config.dataset.train_transforms = ""
+    config.dataset.eval_transforms = ""
+    config.dataset.cache_in_memory = True  # Decode the splits once; for small datasets.
+    config.dataset.worker_count = 0  # grain worker processes (0: read in this process).
+    config.dataset.prefetch_batches = 2  # Batches placed on device ahead of the step.
+    config.dataset.eval_remainder = "pad"  # pad: evaluate every example | drop.
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adam"  # sgd | momentum | adam | adamw
-  config.optimizer.learning_rate = 1e-3  # Peak learning rate.
-  config.optimizer.momentum = 0.9  # momentum; also nesterov below.
-  config.optimizer.nesterov = False
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  config.optimizer.eps = 1e-8
-  config.optimizer.weight_decay = 0.0  # Skips biases and norm scales (params of ndim < 2).
-  config.optimizer.grad_clip_norm = 0.0  # 0: no clipping.
-  config.optimizer.grad_accum_steps = 1  # Accumulate this many batches per update.
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adam"  # sgd | momentum | adam | adamw
+    config.optimizer.learning_rate = 1e-3  # Peak learning rate.
+    config.optimizer.momentum = 0.9  # momentum; also nesterov below.
+    config.optimizer.nesterov = False
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.weight_decay = 0.0  # Skips biases and norm scales (params of ndim < 2).
+    config.optimizer.grad_clip_norm = 0.0  # 0: no clipping.
+    config.optimizer.grad_accum_steps = 1  # Accumulate this many batches per update.
 
-  config.schedule = ml_collections.ConfigDict()
-  config.schedule.name = "constant"  # constant | cosine | step
-  config.schedule.warmup_steps = 0  # Linear warmup from 0 to the peak.
-  config.schedule.decay_boundaries = (0.5, 0.75)  # step: fractions of the training steps.
-  config.schedule.decay_factor = 0.1  # step: multiplier at each boundary.
-  config.schedule.final_fraction = 0.0  # cosine: final LR as a fraction of the peak.
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.name = "constant"  # constant | cosine | step
+    config.schedule.warmup_steps = 0  # Linear warmup from 0 to the peak.
+    config.schedule.decay_boundaries = (0.5, 0.75)  # step: fractions of the training steps.
+    config.schedule.decay_factor = 0.1  # step: multiplier at each boundary.
+    config.schedule.final_fraction = 0.0  # cosine: final LR as a fraction of the peak.
 
-  config.training = ml_collections.ConfigDict()
-  config.training.batch_size = 64  # Global batch, over all devices and processes.
-  config.training.num_epochs = 10.0  # Used when num_steps is 0.
-  config.training.num_steps = 0  # > 0 overrides num_epochs.
-  config.training.eval_every_steps = 100  # Also at the end; 0: end only.
-  config.training.log_every_steps = 20
-  config.training.checkpoint_every_steps = 100
-  config.training.keep_checkpoints = 2  # Latest K; the best is kept apart.
-  config.training.early_stopping_patience = 0  # Evaluations without improvement; 0: off.
-  config.training.progress_bar = True
+    config.training = ml_collections.ConfigDict()
+    config.training.batch_size = 64  # Global batch, over all devices and processes.
+    config.training.num_epochs = 10.0  # Used when num_steps is 0.
+    config.training.num_steps = 0  # > 0 overrides num_epochs.
+    config.training.eval_every_steps = 100  # Also at the end; 0: end only.
+    config.training.log_every_steps = 20
+    config.training.checkpoint_every_steps = 100
+    config.training.keep_checkpoints = 2  # Latest K; the best is kept apart.
+    config.training.early_stopping_patience = 0  # Evaluations without improvement; 0: off.
+    config.training.progress_bar = True
 
-  config.parallel = ml_collections.ConfigDict()
-  config.parallel.strategy = "jit"  # jit (sharded over a Mesh) | pmap
-  config.parallel.num_devices = 0  # 0: every local device.
-  config.parallel.distributed = False  # Call jax.distributed.initialize() first.
-  return config
+    config.parallel = ml_collections.ConfigDict()
+    config.parallel.strategy = "jit"  # jit (sharded over a Mesh) | pmap
+    config.parallel.num_devices = 0  # 0: every local device.
+    config.parallel.distributed = False  # Call jax.distributed.initialize() first.
+    return config

@@ -82,9 +82,7 @@ def plot_curves(
         runs.append(read_metrics(path))
     metric_names = list(metrics) if metrics else _detect_metrics(runs)
     if not metric_names:
-        raise ValueError(
-            "no train/ or val/ metrics found; pass --metrics to choose keys explicitly"
-        )
+        raise ValueError("no train/ or val/ metrics found; pass --metrics to choose keys explicitly")
     out_path = Path(out) if out is not None else paths[0] / "curves.png"
 
     ncols = min(len(metric_names), MAX_COLUMNS)
@@ -121,9 +119,7 @@ def plot_curves(
                         splits_drawn.add(split)
                 if name == "loss":
                     steps, values = _series(records, "val/loss")
-                    finite = [
-                        (v, s) for s, v in zip(steps, values, strict=True) if math.isfinite(v)
-                    ]
+                    finite = [(v, s) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
                     if finite:
                         best_value, best_step = min(finite)
                         ax.plot(
@@ -147,10 +143,7 @@ def plot_curves(
             axes[index // ncols][index % ncols].set_visible(False)
 
         # One legend: colours identify runs, line styles identify splits.
-        handles = [
-            Line2D([], [], color=colors[i % len(colors)], label=label)
-            for i, label in enumerate(labels)
-        ]
+        handles = [Line2D([], [], color=colors[i % len(colors)], label=label) for i, label in enumerate(labels)]
         handles += [
             Line2D([], [], color="black", linestyle=style, label=split)
             for split, style in SPLIT_STYLES.items()
@@ -187,9 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="output PNG (default: WORKDIR/curves.png of the first)",
     )
-    parser.add_argument(
-        "--metrics", default=None, help="comma-separated base names, e.g. accuracy,loss"
-    )
+    parser.add_argument("--metrics", default=None, help="comma-separated base names, e.g. accuracy,loss")
     args = parser.parse_args(argv)
     metrics = None
     if args.metrics:

@@ -51,9 +51,7 @@ def _parse_value(key: str, text: str, current):
         except (ValueError, SyntaxError):
             if current is None:
                 return text
-            raise ConfigError(
-                f"config.{key} expects {type(current).__name__}, got '{text}'"
-            ) from None
+            raise ConfigError(f"config.{key} expects {type(current).__name__}, got '{text}'") from None
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(current, tuple) and isinstance(value, (list, int, float, str)):

@@ -71,9 +71,7 @@ def _encode_value(value: int | float) -> int | float | str:
 def _decode_record(record: dict[str, Any]) -> dict[str, Any]:
     """Turns the non-finite string encoding back into floats."""
     return {
-        key: _STR_TO_NONFINITE[value]
-        if isinstance(value, str) and value in _STR_TO_NONFINITE
-        else value
+        key: _STR_TO_NONFINITE[value] if isinstance(value, str) and value in _STR_TO_NONFINITE else value
         for key, value in record.items()
     }
 

@@ -94,9 +94,7 @@ class PmapStrategy:
     def place_batch(self, batch: dict) -> dict:
         """Splits the batch into one slice per device along a new leading axis."""
         n = len(self.devices)
-        return jax.tree.map(
-            lambda x: jax.device_put(x.reshape(n, x.shape[0] // n, *x.shape[1:]), self.stacked), batch
-        )
+        return jax.tree.map(lambda x: jax.device_put(x.reshape(n, x.shape[0] // n, *x.shape[1:]), self.stacked), batch)
 
     def put_state(self, tree):
         """One copy of the state per device (a leading device axis)."""
@@ -126,9 +124,7 @@ class PmapStrategy:
 
     def compile_eval(self, step: Callable) -> Callable:
         """pmap of an evaluation step; sums are psum-med inside the step."""
-        return jax.pmap(
-            functools.partial(step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, devices=self.devices
-        )
+        return jax.pmap(functools.partial(step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, devices=self.devices)
 
     def unreplicate_metrics(self, metrics):
         """Every device holds the same reduced metrics: keep the first."""

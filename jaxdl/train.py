@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -155,8 +156,12 @@ def _mean_metrics(pending: Sequence[dict], first_step: int) -> dict:
 
 
 def _versions() -> dict:
-    return {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
-            "flax": flax.__version__, "optax": optax.__version__}
+    return {
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+    }
 
 
 class Experiment:
@@ -183,7 +188,9 @@ class Experiment:
     def eval_batches(self, split: str):
         """Fixed-size masked batches of one split."""
         return pipeline.eval_batches(
-            self.splits, split, global_batch_size=self.config.training.batch_size,
+            self.splits,
+            split,
+            global_batch_size=self.config.training.batch_size,
             remainder=self.config.dataset.eval_remainder,
         )
 
@@ -203,9 +210,159 @@ class Experiment:
         return jax.eval_shape(init, rng), init
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | Path, *, hooks: Sequence[Hook] = ()
-) -> dict:
+class _Trainer:
+    """One invocation of the loop: restores or initialises, then steps, logs, evaluates, saves."""
+
+    def __init__(self, run: Experiment, workdir: Path, stack: contextlib.ExitStack, start_time: float):
+        config, strategy = run.config, run.strategy
+        self.run, self.config, self.training = run, config, config.training
+        self.strategy, self.task, self.start_time = strategy, run.task, start_time
+        self.init_rng, self.dropout_rng = jax.random.split(jax.random.key(config.seed))
+        self.abstract, init = run.abstract_state(self.init_rng)
+        self.tree = self.abstract.checkpoint_tree()
+        self.checkpoints = Checkpoints(workdir, keep=self.training.keep_checkpoints)
+        stack.callback(self.checkpoints.close)
+        loader = pipeline.train_loader(
+            run.splits,
+            global_batch_size=self.training.batch_size,
+            seed=config.seed,
+            worker_count=config.dataset.worker_count,
+        )
+        self.data = pipeline.DeviceIterator(loader, strategy.place_batch, prefetch=config.dataset.prefetch_batches)
+        stack.callback(self.data.close)
+        restored = self.checkpoints.restore_latest(self.tree, strategy.state_shardings(self.tree), self.data)
+        self.data.start_prefetch()
+        if restored is None:
+            self.state = strategy.put_state(jax.jit(init)(self.init_rng))
+            self.progress = _Progress()
+        else:
+            self.state = self.state_from(restored[0])
+            self.progress = _Progress(**restored[1])
+        self.step = self.start_step = int(jax.device_get(strategy.host_state(self.state).step))
+        if run.chief:
+            log.info("%s\n%s", config.model.name, jlog.parameter_table(self.abstract.params))
+            log.info("%s from step %d to %d", "resuming" if restored else "training", self.step, run.total_steps)
+        self.writer = jlog.MetricWriter(workdir, enabled=run.chief)
+        stack.callback(self.writer.close)
+        self.writer.truncate_after(self.step)
+        if self.step == 0:
+            self.writer.write_text("config", config.to_json_best_effort(indent=2))
+        self.train_step = strategy.compile_train(make_train_step(self.task))
+        self.eval_step = strategy.compile_eval(make_eval_step(self.task))
+        self.pending: list[dict] = []
+        self.time_to_first_step = None
+
+    def state_from(self, tree: dict) -> TrainState:
+        """A placed TrainState from restored checkpoint arrays."""
+        return self.strategy.put_state(self.abstract.from_checkpoint_tree(tree))
+
+    def _due(self, every: int) -> bool:
+        return bool(every) and self.step % every == 0
+
+    def _patience_spent(self) -> bool:
+        patience = self.training.early_stopping_patience
+        return bool(patience) and self.progress.evals_without_improvement >= patience
+
+    def train(self, hooks: Sequence[Hook]) -> tuple[bool, bool]:
+        """Steps to the end; returns (preempted, stopped_early)."""
+        run, val_split = self.run, self.config.dataset.val_split
+        bar = jlog.ProgressBar(
+            run.total_steps, initial_step=self.step, enabled=run.chief and self.training.progress_bar
+        )
+        self.last_flush, self.timed_steps, self.last_time = self.step, 0, time.time()
+        stopped_early = self._patience_spent()
+        with bar, _Preemption() as preemption:
+            while self.step < run.total_steps and not stopped_early:
+                self.state, metrics = self.train_step(self.state, next(self.data), self.dropout_rng)
+                self.pending.append(metrics)
+                self.step += 1
+                self.timed_steps += 1
+                if self.time_to_first_step is None:
+                    jax.block_until_ready(metrics)
+                    self.time_to_first_step = time.time() - self.start_time
+                    self.timed_steps, self.last_time = 0, time.time()  # Throughput excludes compilation.
+                last = self.step == run.total_steps
+                evaluate_now = bool(val_split) and (self._due(self.training.eval_every_steps) or last)
+                checkpoint_now = self._due(self.training.checkpoint_every_steps) or last
+                # Across processes the stop must be agreed, which costs a collective: only at log steps.
+                preempted = (jax.process_count() == 1 or self._due(self.training.log_every_steps)) and (
+                    preemption.agreed()
+                )
+                if self._due(self.training.log_every_steps) or evaluate_now or checkpoint_now or preempted:
+                    self._flush_train_metrics(bar)
+                else:
+                    bar.update(self.step)
+                if evaluate_now:
+                    self._validate()
+                    stopped_early = self._patience_spent()
+                if checkpoint_now or preempted or stopped_early:
+                    host = self.strategy.host_state(self.state).checkpoint_tree()
+                    self.checkpoints.save_latest(self.step, host, self.data, self.progress.to_json())
+                for hook in hooks:
+                    hook(self.step, self.state)
+                if preempted:
+                    return True, False
+        return False, stopped_early
+
+    def _flush_train_metrics(self, bar) -> None:
+        """Logs the mean train metrics since the last flush; raises on NaN/inf before any save."""
+        if not self.pending:
+            return
+        means = _mean_metrics(self.pending, self.last_flush)
+        logged = {f"train/{k}": v for k, v in means.items()}
+        logged["lr"] = float(self.run.schedule((self.step - 1) // self.run.accum))
+        if self.timed_steps:
+            logged["steps_per_sec"] = self.timed_steps / max(time.time() - self.last_time, 1e-9)
+        self.writer.write(self.step, logged)
+        postfix = {"loss": means["loss"]}
+        if self.progress.best_step >= 0:
+            postfix["best_val_loss"] = self.progress.best_val_loss
+        bar.update(self.step, postfix)
+        self.pending, self.last_flush, self.last_time, self.timed_steps = [], self.step, time.time(), 0
+
+    def _validate(self) -> None:
+        """Evaluates on the validation split; a new best is saved to the best checkpoint."""
+        val_split = self.config.dataset.val_split
+        val = evaluate(self.eval_step, self.state, self.run.eval_batches(val_split), self.strategy, self.task)
+        self.writer.write(self.step, {f"val/{k}": v for k, v in val.items()})
+        if val["loss"] < self.progress.best_val_loss:
+            self.progress = _Progress(val["loss"], self.step, 0)
+            host = self.strategy.host_state(self.state).checkpoint_tree()
+            self.checkpoints.save_best(self.step, host, self.data, self.progress.to_json())
+        else:
+            self.progress.evals_without_improvement += 1
+
+    def test(self, stopped_early: bool, workdir: Path) -> dict:
+        """Evaluates the best checkpoint (else the final state) on the test split; writes results.json."""
+        config = self.config
+        best = None
+        if config.dataset.val_split:
+            best = self.checkpoints.restore_best(self.tree, self.strategy.state_shardings(self.tree))
+        state = self.state_from(best[0]) if best is not None else self.state
+        batches = self.run.eval_batches(config.dataset.test_split)
+        test = evaluate(self.eval_step, state, batches, self.strategy, self.task)
+        self.writer.write(self.step, {f"test/{k}": v for k, v in test.items()})
+        results = {
+            "test": test,
+            "best_step": best[1]["best_step"] if best is not None else self.step,
+            "best_val_loss": best[1]["best_val_loss"] if best is not None else None,
+            "final_step": self.step,
+            "stopped_early": stopped_early,
+            "num_params": models.count_params(self.abstract.params),
+            "wall_time_s": time.time() - self.start_time,
+            "time_to_first_step_s": self.time_to_first_step,
+            "config_hash": configuration.config_hash(config),
+            "num_devices": self.run.mesh.size,
+            "num_processes": jax.process_count(),
+            "versions": _versions(),
+        }
+        if self.run.chief:
+            (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            log.info("test: %s", jlog.format_metrics(test))
+        return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *, hooks: Sequence[Hook] = ()) -> dict:
     """Trains, evaluating and checkpointing as configured; resumes from `workdir` if it holds a run.
 
     Args:
@@ -224,125 +381,19 @@ def train_and_evaluate(
     workdir.mkdir(parents=True, exist_ok=True)
     if run.chief:
         _save_config(config, workdir)
-    training = config.training
-    strategy, task = run.strategy, run.task
-
-    rng = jax.random.key(config.seed)
-    init_rng, dropout_rng = jax.random.split(rng)
-    abstract, init = run.abstract_state(init_rng)
-    checkpoints = Checkpoints(workdir, keep=training.keep_checkpoints)
-    loader = pipeline.train_loader(
-        run.splits, global_batch_size=training.batch_size, seed=config.seed, worker_count=config.dataset.worker_count
-    )
-    data = pipeline.DeviceIterator(loader, strategy.place_batch, prefetch=config.dataset.prefetch_batches)
-    tree = abstract.checkpoint_tree()
-    restored = checkpoints.restore_latest(tree, strategy.state_shardings(tree), data)
-    data.start_prefetch()
-    if restored is None:
-        state = strategy.put_state(jax.jit(init)(init_rng))
-        progress = _Progress()
-    else:
-        state = strategy.put_state(abstract.from_checkpoint_tree(restored[0]))
-        progress = _Progress(**restored[1])
-    start_step = int(jax.device_get(strategy.host_state(state).step))
-    if run.chief:
-        log.info("%s\n%s", config.model.name, jlog.parameter_table(abstract.params))
-        log.info("%s from step %d to %d", "resuming" if restored else "training", start_step, run.total_steps)
-
-    writer = jlog.MetricWriter(workdir, enabled=run.chief)
-    writer.truncate_after(start_step)
-    if start_step == 0:
-        writer.write_text("config", config.to_json_best_effort(indent=2))
-    bar = jlog.ProgressBar(run.total_steps, initial_step=start_step, enabled=run.chief and training.progress_bar)
-    train_step = strategy.compile_train(make_train_step(task))
-    eval_step = strategy.compile_eval(make_eval_step(task))
-    val_split = config.dataset.val_split
-
-    pending: list[dict] = []
-    last_flush, last_time, timed_steps = start_step, time.time(), 0
-    time_to_first_step = None
-    stopped_early = preempted = False
-    step = start_step
-    try:
-        with _Preemption() as preemption:
-            while step < run.total_steps:
-                state, metrics = train_step(state, next(data), dropout_rng)
-                pending.append(metrics)
-                step += 1
-                timed_steps += 1
-                if time_to_first_step is None:
-                    jax.block_until_ready(metrics)
-                    time_to_first_step = time.time() - start_time
-                    timed_steps, last_time = 0, time.time()  # Throughput excludes compilation.
-                last = step == run.total_steps
-                due = lambda every: every and step % every == 0  # noqa: E731
-                evaluate_now = val_split and (due(training.eval_every_steps) or last)
-                checkpoint_now = due(training.checkpoint_every_steps) or last
-                preempted = (jax.process_count() == 1 or due(training.log_every_steps)) and preemption.agreed()
-                if pending and (due(training.log_every_steps) or evaluate_now or checkpoint_now or preempted):
-                    means = _mean_metrics(pending, last_flush)
-                    logged = {**{f"train/{k}": v for k, v in means.items()}, "lr": float(run.schedule((step - 1) // run.accum))}
-                    if timed_steps:
-                        logged["steps_per_sec"] = timed_steps / max(time.time() - last_time, 1e-9)
-                    writer.write(step, logged)
-                    bar.update(step, {"loss": means["loss"], **({"val_loss": progress.best_val_loss} if val_split and progress.best_step >= 0 else {})})
-                    pending, last_flush, last_time, timed_steps = [], step, time.time(), 0
-                else:
-                    bar.update(step)
-                if evaluate_now:
-                    val = evaluate(eval_step, state, run.eval_batches(val_split), strategy, task)
-                    writer.write(step, {f"val/{k}": v for k, v in val.items()})
-                    if val["loss"] < progress.best_val_loss:
-                        progress = _Progress(val["loss"], step, 0)
-                        checkpoints.save_best(step, strategy.host_state(state).checkpoint_tree(), data, progress.to_json())
-                    else:
-                        progress.evals_without_improvement += 1
-                    patience = training.early_stopping_patience
-                    stopped_early = bool(patience) and progress.evals_without_improvement >= patience
-                if checkpoint_now or preempted or stopped_early:
-                    checkpoints.save_latest(step, strategy.host_state(state).checkpoint_tree(), data, progress.to_json())
-                for hook in hooks:
-                    hook(step, state)
-                if preempted or stopped_early:
-                    break
-    finally:
-        bar.close()
-        data.close()
-
-    if preempted:
-        log.warning("SIGTERM: saved a checkpoint at step %d; run the same command again to resume", step)
-        writer.close()
-        checkpoints.close()
-        return {"preempted": True, "step": step}
-    if stopped_early:
-        log.info("early stopping at step %d: no validation improvement in %d evaluations",
-                 step, training.early_stopping_patience)
-
-    best = checkpoints.restore_best(tree, strategy.state_shardings(tree)) if val_split else None
-    if best is not None:
-        state = strategy.put_state(abstract.from_checkpoint_tree(best[0]))
-    test = evaluate(eval_step, state, run.eval_batches(config.dataset.test_split), strategy, task)
-    writer.write(step, {f"test/{k}": v for k, v in test.items()})
-    results = {
-        "test": test,
-        "best_step": progress.best_step if best is not None else step,
-        "best_val_loss": progress.best_val_loss if best is not None else None,
-        "final_step": step,
-        "stopped_early": stopped_early,
-        "num_params": models.count_params(abstract.params),
-        "wall_time_s": time.time() - start_time,
-        "time_to_first_step_s": time_to_first_step,
-        "config_hash": configuration.config_hash(config),
-        "num_devices": run.mesh.size,
-        "num_processes": jax.process_count(),
-        "versions": _versions(),
-    }
-    if run.chief:
-        (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        log.info("test: %s", jlog.format_metrics(test))
-    writer.close()
-    checkpoints.close()
-    return results
+    with contextlib.ExitStack() as stack:
+        trainer = _Trainer(run, workdir, stack, start_time)
+        preempted, stopped_early = trainer.train(hooks)
+        if preempted:
+            log.warning("SIGTERM: saved a checkpoint at step %d; run the same command again to resume", trainer.step)
+            return {"preempted": True, "step": trainer.step}
+        if stopped_early:
+            log.info(
+                "early stopping at step %d: no validation improvement in %d evaluations",
+                trainer.step,
+                config.training.early_stopping_patience,
+            )
+        return trainer.test(stopped_early, workdir)
 
 
 def _save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:

@@ -28,7 +28,10 @@ def _train(tmp_path, capsys, *overrides):
         ("--config.dataset.name=nope", "config.dataset.name='nope' is not a known dataset; choose one of: digits,"),
         ("--config.training.batch_size=12", "config.training.batch_size=12 is not divisible by the 8 devices"),
         ("--config.optimizer.learning_rate=-0.1", "config.optimizer.learning_rate=-0.1 is not valid; it must be > 0"),
-        ("--config.optimizer.name=rmsprop", "config.optimizer.name='rmsprop' is not valid; choose one of: sgd, momentum,"),
+        (
+            "--config.optimizer.name=rmsprop",
+            "config.optimizer.name='rmsprop' is not valid; choose one of: sgd, momentum,",
+        ),
         ("--config.schedule.name=linear", "config.schedule.name='linear' is not valid; choose one of: constant,"),
         ("--config.parallel.strategy=pjit", "config.parallel.strategy='pjit' is not valid; choose one of: jit, pmap"),
         ("--config.dataset.train_transforms=blur()", "unknown transform 'blur'; choose one of: normalize,"),
@@ -101,7 +104,10 @@ def test_every_shipped_config_is_valid():
 
 def test_cli_trains_and_eval_cli_reports_the_same_test_metrics(tmp_path, capsys):
     code, _, workdir = _train(
-        tmp_path, capsys, "--config.training.num_steps=3", "--config.parallel.num_devices=1",
+        tmp_path,
+        capsys,
+        "--config.training.num_steps=3",
+        "--config.parallel.num_devices=1",
         "--config.training.batch_size=16",
     )
     assert code == 0

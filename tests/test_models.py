@@ -44,9 +44,7 @@ def test_unknown_model_message() -> None:
     """An unknown model name gives a one-line error listing choices."""
     with pytest.raises(ValueError) as info:
         create_model("foo", num_outputs=2)
-    assert str(info.value) == (
-        "unknown model 'foo'; choose one of: cnn, logistic_regression, mlp"
-    )
+    assert str(info.value) == ("unknown model 'foo'; choose one of: cnn, logistic_regression, mlp")
 
 
 def test_unknown_kwarg_names_kwarg_and_fields() -> None:
@@ -134,9 +132,7 @@ def test_backprop_worked_example() -> None:
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     np.testing.assert_allclose(loss, 0.298371109, atol=1e-6)
-    np.testing.assert_allclose(
-        grads["head"]["kernel"][0, 0], 0.082167041, atol=1e-6
-    )
+    np.testing.assert_allclose(grads["head"]["kernel"][0, 0], 0.082167041, atol=1e-6)
 
     opt = optax.sgd(0.5)
     updates, _ = opt.update(grads, opt.init(params), params)
@@ -199,9 +195,7 @@ def test_dropout_only_in_train_mode(name: str, shape: tuple) -> None:
     x = jax.random.normal(KEY, shape)
     variables = model.init(KEY, x, train=False)
     eval_a = model.apply(variables, x, train=False)
-    eval_b = model.apply(
-        variables, x, train=False, rngs={"dropout": jax.random.key(7)}
-    )
+    eval_b = model.apply(variables, x, train=False, rngs={"dropout": jax.random.key(7)})
     np.testing.assert_array_equal(eval_a, eval_b)
 
     def train_out(seed: int) -> jax.Array:
@@ -227,9 +221,7 @@ def test_mlp_without_dropout_is_deterministic_in_train() -> None:
     assert set(variables["params"]) == {"hidden_0", "hidden_1", "head"}
     # No dropout rng is needed when dropout_rate is zero.
     train_logits = model.apply(variables, x, train=True)
-    np.testing.assert_allclose(
-        train_logits, model.apply(variables, x, train=False)
-    )
+    np.testing.assert_allclose(train_logits, model.apply(variables, x, train=False))
     # Independent reference: tanh hidden units, linear head.
     p = variables["params"]
     h = jnp.tanh(x @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"])
@@ -258,16 +250,10 @@ def test_cnn_batch_norm_stats() -> None:
     conv = nn.Conv(4, (3, 3), padding="SAME")
     feats = conv.apply({"params": variables["params"]["conv_0"]}, x)
     new = updates["batch_stats"]["bn_0"]
-    np.testing.assert_allclose(
-        new["mean"], 0.1 * feats.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
-    )
-    np.testing.assert_allclose(
-        new["var"], 0.9 + 0.1 * feats.var(axis=(0, 1, 2)), rtol=1e-4
-    )
+    np.testing.assert_allclose(new["mean"], 0.1 * feats.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(new["var"], 0.9 + 0.1 * feats.var(axis=(0, 1, 2)), rtol=1e-4)
 
-    _, eval_updates = model.apply(
-        variables, x, train=False, mutable=["batch_stats"]
-    )
+    _, eval_updates = model.apply(variables, x, train=False, mutable=["batch_stats"])
     jax.tree_util.tree_map(
         np.testing.assert_array_equal,
         eval_updates["batch_stats"],
@@ -278,9 +264,7 @@ def test_cnn_batch_norm_stats() -> None:
 def test_cnn_batch_norm_axis_name_syncs_statistics() -> None:
     """With axis_name, shard statistics equal full-batch statistics."""
     x = jax.random.normal(KEY, (2, 3, 8, 8, 1))  # 2 shards of 3 examples
-    synced = CNN(
-        num_outputs=2, features=(4,), use_batch_norm=True, axis_name="batch"
-    )
+    synced = CNN(num_outputs=2, features=(4,), use_batch_norm=True, axis_name="batch")
     plain = synced.clone(axis_name=None)
     variables = plain.init(KEY, x[0], train=False)
 
@@ -299,9 +283,7 @@ def test_cnn_batch_norm_axis_name_syncs_statistics() -> None:
     full = step(plain, x.reshape((6, 8, 8, 1)))
     for shard in range(2):
         jax.tree_util.tree_map(
-            lambda s, f, i=shard: np.testing.assert_allclose(
-                s[i], f, rtol=1e-5, atol=1e-6
-            ),
+            lambda s, f, i=shard: np.testing.assert_allclose(s[i], f, rtol=1e-5, atol=1e-6),
             sharded,
             full,
         )

@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -112,14 +114,13 @@ def test_sigterm_saves_and_stops_cleanly_then_resumes(tmp_path):
 def test_checkpoint_restores_across_device_counts(tmp_path, first, second):
     reference = train.train_and_evaluate(helpers.tiny_cnn(parallel__num_devices=first), tmp_path / "ref")
     with pytest.raises(_Crash):
-        train.train_and_evaluate(
-            helpers.tiny_cnn(parallel__num_devices=first), tmp_path / "run", hooks=[_crash_at(6)]
-        )
+        train.train_and_evaluate(helpers.tiny_cnn(parallel__num_devices=first), tmp_path / "run", hooks=[_crash_at(6)])
     resumed = train.train_and_evaluate(helpers.tiny_cnn(parallel__num_devices=second), tmp_path / "run")
     assert resumed["num_devices"] == second
     np.testing.assert_allclose(resumed["test"]["loss"], reference["test"]["loss"], rtol=1e-4)
-    helpers.assert_trees_close(helpers.saved_params(tmp_path / "ref")[0], helpers.saved_params(tmp_path / "run")[0],
-                               rtol=1e-4, atol=1e-5)
+    helpers.assert_trees_close(
+        helpers.saved_params(tmp_path / "ref")[0], helpers.saved_params(tmp_path / "run")[0], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_jit_sharded_over_8_devices_matches_single_device(tmp_path):
@@ -127,22 +128,22 @@ def test_jit_sharded_over_8_devices_matches_single_device(tmp_path):
     eight = train.train_and_evaluate(helpers.tiny_cnn(parallel__num_devices=8), tmp_path / "eight")
     assert eight["num_devices"] == 8
     np.testing.assert_allclose(eight["test"]["loss"], one["test"]["loss"], rtol=1e-4)
-    helpers.assert_trees_close(helpers.saved_params(tmp_path / "one")[0], helpers.saved_params(tmp_path / "eight")[0],
-                               rtol=1e-4, atol=1e-5)
+    helpers.assert_trees_close(
+        helpers.saved_params(tmp_path / "one")[0], helpers.saved_params(tmp_path / "eight")[0], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_pmap_matches_jit(tmp_path):
     # Dropout off: pmap draws one mask per device, jit one for the global batch.
     kwargs = "{'features': (4, 8), 'dense_features': 16, 'dropout_rate': 0.0, 'use_batch_norm': True}"
-    jit = train.train_and_evaluate(
-        helpers.tiny_cnn(model__kwargs=kwargs, parallel__num_devices=4), tmp_path / "jit"
-    )
+    jit = train.train_and_evaluate(helpers.tiny_cnn(model__kwargs=kwargs, parallel__num_devices=4), tmp_path / "jit")
     pmap = train.train_and_evaluate(
         helpers.tiny_cnn(model__kwargs=kwargs, parallel__num_devices=4, parallel__strategy="pmap"), tmp_path / "pmap"
     )
     np.testing.assert_allclose(pmap["test"]["loss"], jit["test"]["loss"], rtol=1e-4)
-    helpers.assert_trees_close(helpers.saved_params(tmp_path / "jit")[0], helpers.saved_params(tmp_path / "pmap")[0],
-                               rtol=1e-4, atol=1e-5)
+    helpers.assert_trees_close(
+        helpers.saved_params(tmp_path / "jit")[0], helpers.saved_params(tmp_path / "pmap")[0], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_corrupt_latest_checkpoint_is_skipped(tmp_path, caplog):
@@ -197,15 +198,25 @@ def test_early_stopping_on_validation_loss(tmp_path):
 
 
 def test_gradient_accumulation_equals_larger_batch(tmp_path):
-    common = dict(optimizer__name="sgd", optimizer__learning_rate=0.1, training__eval_every_steps=0,
-                  parallel__num_devices=1, dataset__train_transforms="standardize()")
+    common = dict(
+        optimizer__name="sgd",
+        optimizer__learning_rate=0.1,
+        training__eval_every_steps=0,
+        parallel__num_devices=1,
+        dataset__train_transforms="standardize()",
+    )
     big = train.train_and_evaluate(
         helpers.config("breast_cancer_logreg", training__batch_size=32, training__num_steps=4, **common),
         tmp_path / "big",
     )
     accumulated = train.train_and_evaluate(
-        helpers.config("breast_cancer_logreg", training__batch_size=16, training__num_steps=8,
-                       optimizer__grad_accum_steps=2, **common),
+        helpers.config(
+            "breast_cancer_logreg",
+            training__batch_size=16,
+            training__num_steps=8,
+            optimizer__grad_accum_steps=2,
+            **common,
+        ),
         tmp_path / "accumulated",
     )
     # The 16-example micro-batches are the halves of the 32-example batches (one record stream).
@@ -215,3 +226,36 @@ def test_gradient_accumulation_equals_larger_batch(tmp_path):
 def test_jaxdl_eval_reports_the_best_checkpoint(tmp_path):
     results = train.train_and_evaluate(helpers.tiny_cnn(), tmp_path)
     assert train.evaluate_workdir(tmp_path) == results["test"]
+
+
+def test_grain_worker_processes_from_the_command_line_give_the_same_numbers(tmp_path):
+    """`python -m jaxdl.main` with a grain worker process equals an in-process pipeline."""
+    overrides = dict(training__num_steps=4, training__eval_every_steps=0, training__checkpoint_every_steps=0)
+    inline = train.train_and_evaluate(helpers.tiny_cnn(dataset__worker_count=0, **overrides), tmp_path / "inline")
+    cfg = helpers.tiny_cnn(**overrides)
+    args = [f"--config.{k.replace('__', '.')}={v}" for k, v in overrides.items()]
+    args += [
+        "--config.dataset.worker_count=1",
+        "--config.parallel.num_devices=1",
+        f"--config.model.kwargs={cfg.model.kwargs.to_dict()}",
+        f"--config.optimizer.name={cfg.optimizer.name}",
+        f"--config.optimizer.learning_rate={cfg.optimizer.learning_rate}",
+        f"--config.training.batch_size={cfg.training.batch_size}",
+        "--config.training.progress_bar=false",
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxdl.main",
+            f"--config={helpers.ROOT / 'configs' / 'digits_cnn.py'}",
+            f"--workdir={tmp_path / 'workers'}",
+            *args,
+        ],
+        check=True,
+        cwd=helpers.ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    workers = json.loads((tmp_path / "workers" / "results.json").read_text())
+    assert workers["test"] == inline["test"]

@@ -43,11 +43,11 @@ class _SklearnTable(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         x, y = self._load()
         order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
         bounds = np.cumsum([round(f * len(x)) for f in _SPLIT_FRACTIONS.values()])[:-1]
-        parts = np.split(order, bounds)
-        return {name: self._generate_examples(x[idx], y[idx]) for name, idx in zip(_SPLIT_FRACTIONS, parts)}
+        parts = dict(zip(_SPLIT_FRACTIONS, np.split(order, bounds), strict=True))
+        return {name: self._generate_examples(x[idx], y[idx]) for name, idx in parts.items()}
 
     def _generate_examples(self, x, y):
-        for i, (xi, yi) in enumerate(zip(x, y)):
+        for i, (xi, yi) in enumerate(zip(x, y, strict=True)):
             yield i, self._example(xi, yi)
 
 

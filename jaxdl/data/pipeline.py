@@ -100,9 +100,7 @@ def _read_options(source) -> grain.ReadOptions | None:
     return None
 
 
-def train_loader(
-    splits: Splits, *, global_batch_size: int, seed: int, worker_count: int = 0
-) -> grain.DataLoader:
+def train_loader(splits: Splits, *, global_batch_size: int, seed: int, worker_count: int = 0) -> grain.DataLoader:
     """Endless shuffled training batches of this process's share of the global batch."""
     source = splits.source(splits.config.train_split)
     local_batch = global_batch_size // jax.process_count()
@@ -114,6 +112,12 @@ def train_loader(
     sampler = grain.samplers.IndexSampler(
         num_records=len(source), shard_options=_shard_options(), shuffle=True, num_epochs=None, seed=seed
     )
+    if worker_count > 0:
+        from absl import flags
+
+        # grain's worker processes read absl flags; jaxdl parses its own command line.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
     operations = [*splits.operations(train=True), grain.transforms.Batch(local_batch, drop_remainder=True)]
     return grain.DataLoader(
         data_source=source,

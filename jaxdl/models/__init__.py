@@ -1,8 +1,9 @@
 """Model registry: build Flax models by name and inspect their parameters."""
 
 import dataclasses
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -47,19 +48,13 @@ def _lookup(name: str) -> type[nn.Module]:
         return _REGISTRY[name]
     except KeyError:
         choices = ", ".join(list_models())
-        raise ValueError(
-            f"unknown model {name!r}; choose one of: {choices}"
-        ) from None
+        raise ValueError(f"unknown model {name!r}; choose one of: {choices}") from None
 
 
 def model_fields(name: str) -> list[str]:
     """Return the sorted hyperparameter field names of model `name`."""
     cls = _lookup(name)
-    return sorted(
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.init and f.name not in _INTERNAL_FIELDS
-    )
+    return sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in _INTERNAL_FIELDS)
 
 
 def model_accepts(name: str, field: str) -> bool:
@@ -78,8 +73,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:
         raise TypeError(
-            f"unknown argument(s) {', '.join(map(repr, unknown))} for model "
-            f"{name!r}; valid fields: {', '.join(fields)}"
+            f"unknown argument(s) {', '.join(map(repr, unknown))} for model {name!r}; valid fields: {', '.join(fields)}"
         )
     return cls(**kwargs)
 

@@ -1,6 +1,7 @@
 """Small convolutional network: conv-relu-pool blocks and a dense head."""
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

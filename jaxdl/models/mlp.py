@@ -1,6 +1,7 @@
 """Multi-layer perceptron with configurable hidden layers and activation."""
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -20,9 +21,7 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
         return ACTIVATIONS[name]
     except KeyError:
         choices = ", ".join(sorted(ACTIVATIONS))
-        raise ValueError(
-            f"unknown activation {name!r}; choose one of: {choices}"
-        ) from None
+        raise ValueError(f"unknown activation {name!r}; choose one of: {choices}") from None
 
 
 class MLP(nn.Module):
