@@ -52,6 +52,8 @@ class JitStrategy:
 
     def place_batch(self, batch: dict) -> dict:
         """Builds global arrays from this process's share of the batch."""
+        if jax.process_count() == 1:
+            return jax.device_put(batch, self.batch_sharding)  # One call for all leaves: cheaper.
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), batch)
 
     def put_state(self, tree):

@@ -188,60 +188,54 @@ def test_build_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("padding", [1, 2, 4])
-def test_shifted_offsets_equal_padded_offsets(padding):
-    """integers(-p, p+1) and integers(0, 2p+1) draw the same values, shifted by p."""
-    for seed in range(500):
-        shifted = np.random.default_rng(seed).integers(-padding, padding + 1, size=2)
-        padded = np.random.default_rng(seed).integers(0, 2 * padding + 1, size=2)
-        np.testing.assert_array_equal(shifted + padding, padded)
-
-
-@pytest.mark.parametrize("padding", [1, 2, 4])
 @pytest.mark.parametrize("shape", [(5, 7), (6, 9, 3)])
 def test_random_crop_equals_pad_then_crop(padding, shape):
-    """RandomCrop equals np.pad followed by a crop at offsets from the same generator."""
+    """Each image of a batch equals np.pad then a crop at its own offsets from the same generator."""
     # Values start at 1 so zeros in the output can only come from the padding.
-    image = (np.arange(np.prod(shape)).reshape(shape) % 250 + 1).astype(np.uint8)
+    batch_size = 50
+    images = (np.arange(batch_size * np.prod(shape)).reshape(batch_size, *shape) % 250 + 1).astype(np.uint8)
     op = transforms.RandomCrop(padding=padding)
-    pad_width = [(padding, padding), (padding, padding)] + [(0, 0)] * (image.ndim - 2)
-    padded = np.pad(image, pad_width)
+    pad_width = [(padding, padding), (padding, padding)] + [(0, 0)] * (len(shape) - 2)
     offsets = set()
-    for seed in range(200):
-        out = op.random_map({"input": image, "target": 3}, np.random.default_rng(seed))
-        oy, ox = np.random.default_rng(seed).integers(0, 2 * padding + 1, size=2)
-        offsets.add((int(oy), int(ox)))
-        np.testing.assert_array_equal(out["input"], padded[oy : oy + shape[0], ox : ox + shape[1]])
-        assert out["input"].dtype == image.dtype
-        assert out["target"] == 3
-    # The seeds exercised both extreme offsets on each axis.
+    for seed in range(10):
+        out = op.random_map({"input": images, "target": np.arange(batch_size)}, np.random.default_rng(seed))
+        tops, lefts = np.random.default_rng(seed).integers(0, 2 * padding + 1, size=(2, batch_size))
+        for image, cropped, oy, ox in zip(images, out["input"], tops, lefts, strict=True):
+            padded = np.pad(image, pad_width)
+            np.testing.assert_array_equal(cropped, padded[oy : oy + shape[0], ox : ox + shape[1]])
+            offsets.add((int(oy), int(ox)))
+        assert out["input"].dtype == images.dtype
+        np.testing.assert_array_equal(out["target"], np.arange(batch_size))
+    # The draws exercised both extreme offsets on each axis.
     ys, xs = zip(*offsets, strict=True)
     assert min(ys) == min(xs) == 0 and max(ys) == max(xs) == 2 * padding
 
 
 def test_random_crop_without_padding_is_identity():
-    """padding=0 leaves the image unchanged."""
-    image = np.arange(20, dtype=np.float32).reshape(4, 5)
-    out = transforms.RandomCrop(padding=0).random_map({"input": image}, np.random.default_rng(0))
-    np.testing.assert_array_equal(out["input"], image)
+    """padding=0 leaves the images unchanged."""
+    images = np.arange(40, dtype=np.float32).reshape(2, 4, 5)
+    out = transforms.RandomCrop(padding=0).random_map({"input": images}, np.random.default_rng(0))
+    np.testing.assert_array_equal(out["input"], images)
 
 
 def test_random_flip_probabilities():
-    """p=0 never flips, p=1 always flips, p=0.5 flips about half of 1000 draws."""
-    image = np.arange(24, dtype=np.float32).reshape(2, 4, 3)  # Not left-right symmetric.
-    mirrored = image[:, ::-1]
+    """p=0 never flips, p=1 always flips, p=0.5 flips about half of 1000 images; others untouched."""
+    images = np.arange(1000 * 24, dtype=np.float32).reshape(1000, 2, 4, 3)  # Not left-right symmetric.
+    mirrored = images[:, :, ::-1]
 
     def flipped(p, seed):
-        out = transforms.RandomFlip(p=p).random_map({"input": image}, np.random.default_rng(seed))["input"]
-        if np.array_equal(out, mirrored):
-            return True
-        np.testing.assert_array_equal(out, image)  # Otherwise exactly unchanged.
-        return False
+        out = transforms.RandomFlip(p=p).random_map({"input": images}, np.random.default_rng(seed))["input"]
+        is_flipped = np.all(out == mirrored, axis=(1, 2, 3))
+        np.testing.assert_array_equal(out[~is_flipped], images[~is_flipped])  # Otherwise exactly unchanged.
+        return is_flipped
 
-    assert not any(flipped(0.0, seed) for seed in range(200))
-    assert all(flipped(1.0, seed) for seed in range(200))
-    count = sum(flipped(0.5, seed) for seed in range(1000))
+    assert not flipped(0.0, 0).any()
+    assert flipped(1.0, 0).all()
+    half = flipped(0.5, 0)
     # Binomial(1000, 0.5) has sd ~15.8: 430..570 is a 4.4 sd band.
-    assert 430 <= count <= 570
+    assert 430 <= half.sum() <= 570
+    # The draw is per image and follows the generator: rng.random(n) < p.
+    np.testing.assert_array_equal(half, np.random.default_rng(0).random(1000) < 0.5)
 
 
 def test_rescale_and_normalize_arithmetic():

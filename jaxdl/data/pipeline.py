@@ -1,15 +1,21 @@
-"""grain pipelines: seeded shuffle, per-process shards, transforms, batches on devices.
+"""grain pipelines: seeded shuffle, per-process shards, batch transforms, batches on devices.
 
-Training reads an endless, seeded stream of records (epoch after epoch, each in
-its own order), so a step count alone fixes which batch comes next. The iterator
-handed to the loop prefetches on a thread and reports the grain state of the last
-batch it handed out, so a checkpoint resumes on exactly the next batch.
+Training reads an endless stream of epochs. Each epoch is a permutation of the
+split drawn from (seed, epoch); each process takes its own contiguous part of
+it and cuts that into local batches (the remainder of a part is dropped). The
+stream is a grain `MapDataset` whose elements are whole batches: batch `i` is a
+pure function of `i`, so grain's iterator state is just a position, a resumed
+run reads exactly the batches an uninterrupted one would, and worker processes
+(`mp_prefetch`) change nothing but speed. The iterator handed to the loop
+prefetches on a thread and reports the state of the last batch it handed out.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -21,17 +27,6 @@ import numpy as np
 from jaxdl.data import datasets, transforms
 
 
-class _Select(grain.transforms.Map):
-    """Keeps the configured input and target, renamed to `input` and `target`."""
-
-    def __init__(self, input_key: str, target_key: str):
-        self.input_key = input_key
-        self.target_key = target_key
-
-    def map(self, record):
-        return {"input": np.asarray(record[self.input_key]), "target": np.asarray(record[self.target_key])}
-
-
 def _check_keys(source, config: ml_collections.ConfigDict) -> None:
     record = source[0]
     for key in ("input_key", "target_key"):
@@ -40,6 +35,63 @@ def _check_keys(source, config: ml_collections.ConfigDict) -> None:
                 f"config.dataset.{key}='{config[key]}' is not a feature of {config.name}; "
                 f"choose one of: {', '.join(sorted(record))}"
             )
+
+
+class _Gather(grain.transforms.Map):
+    """Reads the records at a batch of indices as `{"input": [B, ...], "target": [B, ...]}`."""
+
+    def __init__(self, source, input_key: str, target_key: str):
+        self.source = source
+        self.keys = {"input": input_key, "target": target_key}
+
+    def map(self, indices: np.ndarray) -> dict:
+        if isinstance(self.source, datasets.InMemorySource):
+            return {name: self.source.column(key)[indices] for name, key in self.keys.items()}
+        if len(indices) == 0:  # A padding-only batch still needs the shapes.
+            return {name: value[:0] for name, value in self.map(np.zeros(1, np.int64)).items()}
+        # One record at a time: tfds' batched __getitems__ is not supported by its mock_data.
+        records = [self.source[int(i)] for i in indices]
+        return {name: np.stack([np.asarray(r[key]) for r in records]) for name, key in self.keys.items()}
+
+
+class _AsFloat(grain.transforms.Map):
+    """Inputs leave the pipeline as float32 whatever the transforms did."""
+
+    def map(self, batch):
+        return {**batch, "input": batch["input"].astype(np.float32)}
+
+
+class _EpochBatches(grain.MapDataset):
+    """Batch `i` of an endless run of seeded epochs: the indices of this process's records."""
+
+    def __init__(self, num_records: int, local_batch: int, seed: int, shard_index: int, shard_count: int):
+        super().__init__()
+        self.num_records, self.local_batch, self.shuffle_seed = num_records, local_batch, seed
+        self.shard_index, self.per_shard = shard_index, num_records // shard_count
+        self.batches_per_epoch = self.per_shard // local_batch
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return sys.maxsize  # Endless, like grain's repeat(None).
+
+    def __str__(self) -> str:
+        return (
+            f"EpochBatches(records={self.num_records}, batch={self.local_batch}, seed={self.shuffle_seed}, "
+            f"shard={self.shard_index})"
+        )
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != epoch:
+            order = np.random.default_rng([self.shuffle_seed, epoch]).permutation(self.num_records)
+            self._cached = (epoch, order[self.shard_index * self.per_shard :][: self.per_shard])
+        return self._cached[1]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, position = divmod(index, self.batches_per_epoch)
+        start = position * self.local_batch
+        return self._epoch_order(epoch)[start : start + self.local_batch]
 
 
 class Splits:
@@ -72,60 +124,42 @@ class Splits:
             self._statistics = {"mean": values.mean(axis=0), "std": values.std(axis=0)}
         return self._statistics
 
-    def operations(self, train: bool) -> list:
-        """The grain ops that turn a record into a model-ready example."""
+    def operations(self, split: str, train: bool) -> list:
+        """The grain ops that turn a batch of indices of `split` into a model-ready batch."""
         specs = transforms.parse(self.config.train_transforms if train else self.config.eval_transforms)
         statistics = self.statistics() if transforms.needs_statistics(specs) else None
-        select = _Select(self.config.input_key, self.config.target_key)
-        return [select, *transforms.build(specs, statistics), _AsFloat()]
+        gather = _Gather(self.source(split), self.config.input_key, self.config.target_key)
+        return [gather, *transforms.build(specs, statistics), _AsFloat()]
 
 
-class _AsFloat(grain.transforms.Map):
-    """Inputs leave the pipeline as float32 whatever the transforms did."""
-
-    def map(self, example):
-        return {**example, "input": example["input"].astype(np.float32)}
-
-
-def _shard_options() -> grain.sharding.ShardOptions:
-    return grain.sharding.ShardOptions(
-        shard_index=jax.process_index(), shard_count=jax.process_count(), drop_remainder=True
-    )
+def _apply(dataset: grain.MapDataset, operations: list) -> grain.MapDataset:
+    for op in operations:
+        dataset = dataset.random_map(op) if isinstance(op, grain.transforms.RandomMap) else dataset.map(op)
+    return dataset
 
 
-def _read_options(source) -> grain.ReadOptions | None:
-    """In-memory records need no reader threads: handing them over costs more than reading."""
-    if isinstance(source, datasets.InMemorySource):
-        return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-    return None
-
-
-def train_loader(splits: Splits, *, global_batch_size: int, seed: int, worker_count: int = 0) -> grain.DataLoader:
+def train_loader(splits: Splits, *, global_batch_size: int, seed: int, worker_count: int = 0) -> grain.IterDataset:
     """Endless shuffled training batches of this process's share of the global batch."""
     source = splits.source(splits.config.train_split)
-    local_batch = global_batch_size // jax.process_count()
-    if len(source) // jax.process_count() < local_batch:
+    count = jax.process_count()
+    local_batch = global_batch_size // count
+    if len(source) // count < local_batch:
         raise ValueError(
             f"config.training.batch_size={global_batch_size} is larger than the "
             f"{len(source)} training examples of {splits.config.name}"
         )
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source), shard_options=_shard_options(), shuffle=True, num_epochs=None, seed=seed
-    )
+    batches = _EpochBatches(len(source), local_batch, seed, jax.process_index(), count)
+    # The seed of the random transforms; grain mixes in each batch's index.
+    dataset = _apply(batches.seed(seed), splits.operations(splits.config.train_split, train=True))
+    dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if worker_count > 0:
         from absl import flags
 
         # grain's worker processes read absl flags; jaxdl parses its own command line.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-    operations = [*splits.operations(train=True), grain.transforms.Batch(local_batch, drop_remainder=True)]
-    return grain.DataLoader(
-        data_source=source,
-        sampler=sampler,
-        operations=operations,
-        worker_count=worker_count,
-        read_options=_read_options(source),
-    )
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return dataset
 
 
 def eval_batches(splits: Splits, split: str, *, global_batch_size: int, remainder: str = "pad") -> Iterator[dict]:
@@ -136,31 +170,21 @@ def eval_batches(splits: Splits, split: str, *, global_batch_size: int, remainde
     process yields the same number of batches, so collective steps never hang.
     """
     source = splits.source(split)
-    count = jax.process_count()
+    count, index = jax.process_count(), jax.process_index()
     local_batch = global_batch_size // count
-    if remainder == "pad":
-        num_batches = math.ceil(math.ceil(len(source) / count) / local_batch)
-    else:
-        num_batches = len(source) // count // local_batch
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source),
-        shard_options=grain.sharding.ShardOptions(jax.process_index(), count, drop_remainder=remainder == "drop"),
-        shuffle=False,
-        num_epochs=1,
-        seed=0,
-    )
-    operations = [*splits.operations(train=False), grain.transforms.Batch(local_batch, drop_remainder=False)]
-    loader = grain.DataLoader(
-        data_source=source, sampler=sampler, operations=operations, worker_count=0, read_options=_read_options(source)
-    )
-    iterator = iter(loader)
-    template = None
-    for _ in range(num_batches):
-        batch = next(iterator, None)
-        if batch is None:  # This process ran out first: an all-padding batch.
-            batch = jax.tree.map(lambda x: x[:0], template)
-        template = batch
-        yield _pad(batch, local_batch)
+    # Contiguous per-process parts; with "pad" the first len % count parts hold one more.
+    sizes = [len(source) // count + (i < len(source) % count) for i in range(count)]
+    if remainder == "drop":
+        sizes = [len(source) // count] * count
+    start, size = sum(sizes[:index]), sizes[index]
+    num_batches = math.ceil(max(sizes) / local_batch) if remainder == "pad" else size // local_batch
+
+    def indices(i: int) -> np.ndarray:
+        return np.arange(start + i * local_batch, start + min((i + 1) * local_batch, size))
+
+    dataset = _apply(grain.MapDataset.range(num_batches).map(indices).seed(0), splits.operations(split, train=False))
+    for i in range(num_batches):
+        yield _pad(dataset[i], local_batch)
 
 
 def _pad(batch: dict, size: int) -> dict:
@@ -169,6 +193,7 @@ def _pad(batch: dict, size: int) -> dict:
     mask[:real] = 1.0
     if real < size:
         # Zero rows keep padded examples finite through the model; the mask drops them.
+        # (A process past the end of its part gets a batch of padding only.)
         batch = jax.tree.map(lambda x: np.concatenate([x, np.zeros((size - real, *x.shape[1:]), x.dtype)]), batch)
     return {**batch, "mask": mask}
 
@@ -180,11 +205,11 @@ class DeviceIterator:
     so this object is saved and restored like a grain iterator.
     """
 
-    def __init__(self, loader: grain.DataLoader, place: Callable[[dict], dict], prefetch: int = 2):
+    def __init__(self, loader: grain.IterDataset, place: Callable[[dict], dict], prefetch: int = 2):
         self._iterator = iter(loader)
         self._place = place
         self._prefetch = prefetch
-        self._state = self._iterator.get_state()
+        self._state = self._encoded_state()
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -194,7 +219,7 @@ class DeviceIterator:
         try:
             while not stop.is_set():
                 batch = next(self._iterator)
-                item = (self._iterator.get_state(), self._place(batch))
+                item = (self._encoded_state(), self._place(batch))
                 while not stop.is_set():
                     try:
                         out.put(item, timeout=0.1)
@@ -226,13 +251,17 @@ class DeviceIterator:
     def __next__(self) -> dict:
         if self._thread is None:
             batch = next(self._iterator)
-            self._state = self._iterator.get_state()
+            self._state = self._encoded_state()
             return self._place(batch)
         state, batch = self._queue.get()
         if state is None:
             raise batch
         self._state = state
         return batch
+
+    def _encoded_state(self) -> bytes:
+        # grain's orbax handler stores bytes for iterators that are not its own.
+        return json.dumps(self._iterator.get_state()).encode()
 
     def get_state(self) -> bytes:
         """The grain state just after the last batch handed out."""
@@ -241,9 +270,12 @@ class DeviceIterator:
     def set_state(self, state: bytes) -> None:
         """Rewinds to `state`; prefetching restarts with start_prefetch()."""
         self._halt()
-        self._iterator.set_state(state)
+        self._iterator.set_state(json.loads(state))
         self._state = state
 
     def close(self) -> None:
-        """Stops the prefetch thread."""
+        """Stops the prefetch thread and grain's worker processes."""
         self._halt()
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()

@@ -1,11 +1,12 @@
-"""Per-example transforms as small registered grain ops, named in configs as strings.
+"""Batch transforms as small registered grain ops, named in configs as strings.
 
 A spec is `name(arg=value, ...)` joined by `|`, e.g.
 `"rescale(scale=0.0625)|random_crop(padding=1)|random_flip()"`. Every transform
-reads and writes the `input` entry of an example `{"input": x, "target": y}`.
-Random transforms draw from the per-record generator grain passes in, which is
-derived from the sampler seed and the record's position: augmentation replays
-exactly after a resume.
+reads and writes the `input` entry of a batch `{"input": x, "target": y}`, whose
+leading axis is the batch: the pipeline works on whole batches, so Python runs
+once per batch instead of once per example. Random transforms draw per-example
+values from the generator grain passes in, which grain derives from the seed and
+the batch's position in the stream: augmentation replays exactly after a resume.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ class Rescale(grain.transforms.Map):
     def __init__(self, scale: float):
         self.scale = np.float32(scale)
 
-    def map(self, example):
-        return {**example, "input": example["input"].astype(np.float32) * self.scale}
+    def map(self, batch):
+        return {**batch, "input": batch["input"].astype(np.float32) * self.scale}
 
 
 class Normalize(grain.transforms.Map):
-    """(x - mean) / std with constants, scalar or one per channel."""
+    """(x - mean) / std with constants, scalar or one per channel (last axis)."""
 
     def __init__(self, mean, std):
         self.mean = np.asarray(mean, np.float32)
@@ -45,8 +46,8 @@ class Normalize(grain.transforms.Map):
         if np.any(self.std <= 0):
             raise ValueError(f"normalize: std must be > 0, got {std}")
 
-    def map(self, example):
-        return {**example, "input": (example["input"].astype(np.float32) - self.mean) / self.std}
+    def map(self, batch):
+        return {**batch, "input": (batch["input"].astype(np.float32) - self.mean) / self.std}
 
 
 class Standardize(Normalize):
@@ -58,38 +59,42 @@ class Standardize(Normalize):
 
 
 class RandomCrop(grain.transforms.RandomMap):
-    """Zero-pads height and width by `padding`, then crops a random window of the original size."""
+    """Zero-pads height and width by `padding`, then crops a random window of the original size.
+
+    Images are [batch, height, width, ...]; each image gets its own window.
+    """
 
     def __init__(self, padding: int = 4):
         if padding < 0:
             raise ValueError(f"random_crop: padding must be >= 0, got {padding}")
         self.padding = int(padding)
 
-    def random_map(self, example, rng: np.random.Generator):
-        image = example["input"]
-        height, width = image.shape[:2]
-        # Offsets of the window in the padded image, as shifts of the original.
-        dy, dx = rng.integers(-self.padding, self.padding + 1, size=2)
-        out = np.zeros_like(image)
-        src_y, dst_y = slice(max(dy, 0), height + min(dy, 0)), slice(max(-dy, 0), height + min(-dy, 0))
-        src_x, dst_x = slice(max(dx, 0), width + min(dx, 0)), slice(max(-dx, 0), width + min(-dx, 0))
-        # Copying the overlap into zeros equals pad-then-crop, without the padded copy.
-        out[dst_y, dst_x] = image[src_y, src_x]
-        return {**example, "input": out}
+    def random_map(self, batch, rng: np.random.Generator):
+        images = batch["input"]
+        size, height, width = images.shape[:3]
+        pad = self.padding
+        # Zeros plus one slice assignment: the same as np.pad, at a fraction of its overhead.
+        padded = np.zeros((size, height + 2 * pad, width + 2 * pad, *images.shape[3:]), images.dtype)
+        padded[:, pad : pad + height, pad : pad + width] = images
+        top, left = rng.integers(0, 2 * pad + 1, size=(2, size))
+        # One gather picks every image's window: rows[b, i] = top[b] + i, likewise columns.
+        rows = (top[:, None] + np.arange(height))[:, :, None]
+        cols = (left[:, None] + np.arange(width))[:, None, :]
+        return {**batch, "input": padded[np.arange(size)[:, None, None], rows, cols]}
 
 
 class RandomFlip(grain.transforms.RandomMap):
-    """Mirrors the image left-right with probability `p`."""
+    """Mirrors each image left-right with probability `p`."""
 
     def __init__(self, p: float = 0.5):
         if not 0 <= p <= 1:
             raise ValueError(f"random_flip: p must be in [0, 1], got {p}")
         self.p = float(p)
 
-    def random_map(self, example, rng: np.random.Generator):
-        if rng.random() < self.p:
-            return {**example, "input": example["input"][:, ::-1]}
-        return example
+    def random_map(self, batch, rng: np.random.Generator):
+        images = batch["input"]
+        flip = (rng.random(len(images)) < self.p).reshape(-1, *([1] * (images.ndim - 1)))
+        return {**batch, "input": np.where(flip, images[:, :, ::-1], images)}
 
 
 # name -> constructor; `standardize` also receives the training statistics.
