@@ -73,4 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.parallel.strategy = "jit"  # jit (sharded over a Mesh) | pmap
     config.parallel.num_devices = 0  # 0: every local device.
     config.parallel.distributed = False  # Call jax.distributed.initialize() first.
+    # Empty: JAX detects the cluster. Else e.g. "10.0.0.1:1234" with the two keys below.
+    config.parallel.coordinator_address = ""
+    config.parallel.num_processes = 1
+    config.parallel.process_id = 0
     return config

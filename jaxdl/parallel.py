@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -20,9 +21,24 @@ from jax.sharding import PartitionSpec as P
 PMAP_AXIS = "batch"
 
 
-def initialize_distributed(enabled: bool) -> None:
-    """Joins a multi-process run (coordinator and ids come from the environment)."""
-    if enabled and jax.process_count() == 1:
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Joins a multi-process run when `config.distributed` (a `parallel` config) is set.
+
+    With `coordinator_address` empty, JAX detects the cluster (SLURM, Open MPI,
+    Kubernetes, Cloud TPU); otherwise the address, process count and id are used
+    as given, e.g. for several processes on one machine.
+    """
+    if not config.distributed or jax.distributed.is_initialized():
+        return
+    # Processes on CPUs exchange data through gloo; GPU and TPU backends ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if config.coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+        )
+    else:
         jax.distributed.initialize()
 
 

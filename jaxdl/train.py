@@ -168,7 +168,7 @@ class Experiment:
     """What one run builds from its config: mesh, strategy, task, model, data, optimizer."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
-        parallel.initialize_distributed(config.parallel.distributed)
+        parallel.initialize_distributed(config.parallel)
         self.mesh = parallel.make_mesh(config.parallel.num_devices)
         configuration.validate(config, num_devices=self.mesh.size)
         self.config = config

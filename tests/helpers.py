@@ -20,23 +20,32 @@ def config(name: str = "digits_cnn", **overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
+TINY_CNN = dict(
+    model__kwargs="{'features': (4, 8), 'dense_features': 16, 'dropout_rate': 0.2, 'use_batch_norm': True}",
+    # Momentum SGD: linear in the gradient, so device-count rounding differences
+    # stay at float precision (Adam's normalisation amplifies them near zero).
+    optimizer__name="momentum",
+    optimizer__learning_rate=0.05,
+    training__batch_size=16,
+    training__num_steps=10,
+    training__eval_every_steps=5,
+    training__checkpoint_every_steps=5,
+    training__log_every_steps=1,
+    parallel__num_devices=1,
+)
+
+
 def tiny_cnn(**overrides) -> ml_collections.ConfigDict:
     """A few steps of a small CNN (with BatchNorm and dropout) on digits."""
-    base = dict(
-        model__kwargs="{'features': (4, 8), 'dense_features': 16, 'dropout_rate': 0.2, 'use_batch_norm': True}",
-        # Momentum SGD: linear in the gradient, so device-count rounding differences
-        # stay at float precision (Adam's normalisation amplifies them near zero).
-        optimizer__name="momentum",
-        optimizer__learning_rate=0.05,
-        training__batch_size=16,
-        training__num_steps=10,
-        training__eval_every_steps=5,
-        training__checkpoint_every_steps=5,
-        training__log_every_steps=1,
-        parallel__num_devices=1,
-    )
-    base.update(overrides)
-    return config("digits_cnn", **base)
+    return config("digits_cnn", **{**TINY_CNN, **overrides})
+
+
+def cli_args(**overrides) -> list[str]:
+    """`jaxdl-train` arguments for the tiny CNN with `overrides`."""
+    merged = {**TINY_CNN, "training__progress_bar": "false", **overrides}
+    return [f"--config={ROOT / 'configs' / 'digits_cnn.py'}"] + [
+        f"--config.{key.replace('__', '.')}={value}" for key, value in merged.items()
+    ]
 
 
 def metrics_lines(workdir) -> list[dict]:
@@ -46,10 +55,16 @@ def metrics_lines(workdir) -> list[dict]:
 
 
 def saved_params(workdir, kind: str = "checkpoints") -> dict:
-    """Params of the newest checkpoint in workdir/<kind>, as numpy arrays."""
-    with ocp.CheckpointManager(Path(workdir).absolute() / kind) as manager:
+    """Params of the newest checkpoint in workdir/<kind>, restored onto one local device."""
+    import jax
+
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    handlers = {"state": ocp.StandardCheckpointHandler()}
+    with ocp.CheckpointManager(Path(workdir).absolute() / kind, item_handlers=handlers) as manager:
         step = manager.latest_step()
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        metadata = manager.item_metadata(step)["state"]
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     return restored["state"]["params"], step
 
 

@@ -442,3 +442,13 @@ def test_random_crop_augments_and_replays(digits_splits):
             changed += not np.array_equal(a, r)
     # 8 of 9 offsets move the image; most of the 64 examples must have changed.
     assert changed > 32
+
+
+@pytest.mark.parametrize("op", [transforms.RandomCrop(padding=2), transforms.RandomFlip(p=0.5)])
+def test_random_transforms_do_not_depend_on_the_process_split(op):
+    """A process's half of a global batch is augmented as in the one-process run."""
+    images = np.arange(16 * 6 * 6, dtype=np.float32).reshape(16, 6, 6, 1) + 1
+    whole = op.random_map({"input": images}, np.random.default_rng(7))["input"]
+    op.global_batch, op.offset = 16, 8
+    second_half = op.random_map({"input": images[8:]}, np.random.default_rng(7))["input"]
+    np.testing.assert_array_equal(second_half, whole[8:])

@@ -232,26 +232,9 @@ def test_grain_worker_processes_from_the_command_line_give_the_same_numbers(tmp_
     """`python -m jaxdl.main` with a grain worker process equals an in-process pipeline."""
     overrides = dict(training__num_steps=4, training__eval_every_steps=0, training__checkpoint_every_steps=0)
     inline = train.train_and_evaluate(helpers.tiny_cnn(dataset__worker_count=0, **overrides), tmp_path / "inline")
-    cfg = helpers.tiny_cnn(**overrides)
-    args = [f"--config.{k.replace('__', '.')}={v}" for k, v in overrides.items()]
-    args += [
-        "--config.dataset.worker_count=1",
-        "--config.parallel.num_devices=1",
-        f"--config.model.kwargs={cfg.model.kwargs.to_dict()}",
-        f"--config.optimizer.name={cfg.optimizer.name}",
-        f"--config.optimizer.learning_rate={cfg.optimizer.learning_rate}",
-        f"--config.training.batch_size={cfg.training.batch_size}",
-        "--config.training.progress_bar=false",
-    ]
+    args = helpers.cli_args(dataset__worker_count=1, **overrides)
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jaxdl.main",
-            f"--config={helpers.ROOT / 'configs' / 'digits_cnn.py'}",
-            f"--workdir={tmp_path / 'workers'}",
-            *args,
-        ],
+        [sys.executable, "-m", "jaxdl.main", f"--workdir={tmp_path / 'workers'}", *args],
         check=True,
         cwd=helpers.ROOT,
         capture_output=True,

@@ -1,8 +1,8 @@
 """grain pipelines: seeded shuffle, per-process shards, batch transforms, batches on devices.
 
 Training reads an endless stream of epochs. Each epoch is a permutation of the
-split drawn from (seed, epoch); each process takes its own contiguous part of
-it and cuts that into local batches (the remainder of a part is dropped). The
+split drawn from (seed, epoch), cut into global batches (the remainder is
+dropped); each process reads its own slice of every global batch. The
 stream is a grain `MapDataset` whose elements are whole batches: batch `i` is a
 pure function of `i`, so grain's iterator state is just a position, a resumed
 run reads exactly the batches an uninterrupted one would, and worker processes
@@ -62,13 +62,20 @@ class _AsFloat(grain.transforms.Map):
 
 
 class _EpochBatches(grain.MapDataset):
-    """Batch `i` of an endless run of seeded epochs: the indices of this process's records."""
+    """Element `i`: the record indices of this process's part of global batch `i`.
 
-    def __init__(self, num_records: int, local_batch: int, seed: int, shard_index: int, shard_count: int):
+    Epoch `e` is a permutation drawn from (seed, e), cut into global batches (the
+    remainder is dropped); each process takes its contiguous slice of every
+    global batch. The global batches are therefore the same for any number of
+    processes: a run on one host and on several sees the same data.
+    """
+
+    def __init__(self, num_records: int, global_batch: int, seed: int, process_index: int, process_count: int):
         super().__init__()
-        self.num_records, self.local_batch, self.shuffle_seed = num_records, local_batch, seed
-        self.shard_index, self.per_shard = shard_index, num_records // shard_count
-        self.batches_per_epoch = self.per_shard // local_batch
+        self.num_records, self.global_batch, self.shuffle_seed = num_records, global_batch, seed
+        self.local_batch = global_batch // process_count
+        self.offset = process_index * self.local_batch
+        self.batches_per_epoch = num_records // global_batch
         self._cached: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -76,21 +83,20 @@ class _EpochBatches(grain.MapDataset):
 
     def __str__(self) -> str:
         return (
-            f"EpochBatches(records={self.num_records}, batch={self.local_batch}, seed={self.shuffle_seed}, "
-            f"shard={self.shard_index})"
+            f"EpochBatches(records={self.num_records}, global_batch={self.global_batch}, "
+            f"seed={self.shuffle_seed}, offset={self.offset})"
         )
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if self._cached is None or self._cached[0] != epoch:
-            order = np.random.default_rng([self.shuffle_seed, epoch]).permutation(self.num_records)
-            self._cached = (epoch, order[self.shard_index * self.per_shard :][: self.per_shard])
+            self._cached = (epoch, np.random.default_rng([self.shuffle_seed, epoch]).permutation(self.num_records))
         return self._cached[1]
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
         epoch, position = divmod(index, self.batches_per_epoch)
-        start = position * self.local_batch
+        start = position * self.global_batch + self.offset
         return self._epoch_order(epoch)[start : start + self.local_batch]
 
 
@@ -124,12 +130,14 @@ class Splits:
             self._statistics = {"mean": values.mean(axis=0), "std": values.std(axis=0)}
         return self._statistics
 
-    def operations(self, split: str, train: bool) -> list:
+    def operations(self, split: str, train: bool, global_batch: int | None = None) -> list:
         """The grain ops that turn a batch of indices of `split` into a model-ready batch."""
         specs = transforms.parse(self.config.train_transforms if train else self.config.eval_transforms)
         statistics = self.statistics() if transforms.needs_statistics(specs) else None
         gather = _Gather(self.source(split), self.config.input_key, self.config.target_key)
-        return [gather, *transforms.build(specs, statistics), _AsFloat()]
+        offset = jax.process_index() * (global_batch // jax.process_count()) if global_batch else 0
+        ops = transforms.build(specs, statistics, global_batch=global_batch, offset=offset)
+        return [gather, *ops, _AsFloat()]
 
 
 def _apply(dataset: grain.MapDataset, operations: list) -> grain.MapDataset:
@@ -141,16 +149,15 @@ def _apply(dataset: grain.MapDataset, operations: list) -> grain.MapDataset:
 def train_loader(splits: Splits, *, global_batch_size: int, seed: int, worker_count: int = 0) -> grain.IterDataset:
     """Endless shuffled training batches of this process's share of the global batch."""
     source = splits.source(splits.config.train_split)
-    count = jax.process_count()
-    local_batch = global_batch_size // count
-    if len(source) // count < local_batch:
+    if len(source) < global_batch_size:
         raise ValueError(
             f"config.training.batch_size={global_batch_size} is larger than the "
             f"{len(source)} training examples of {splits.config.name}"
         )
-    batches = _EpochBatches(len(source), local_batch, seed, jax.process_index(), count)
+    batches = _EpochBatches(len(source), global_batch_size, seed, jax.process_index(), jax.process_count())
     # The seed of the random transforms; grain mixes in each batch's index.
-    dataset = _apply(batches.seed(seed), splits.operations(splits.config.train_split, train=True))
+    operations = splits.operations(splits.config.train_split, train=True, global_batch=global_batch_size)
+    dataset = _apply(batches.seed(seed), operations)
     dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if worker_count > 0:
         from absl import flags

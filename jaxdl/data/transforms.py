@@ -11,6 +11,7 @@ the batch's position in the stream: augmentation replays exactly after a resume.
 
 from __future__ import annotations
 
+import abc
 import ast
 import dataclasses
 from collections.abc import Mapping
@@ -58,7 +59,32 @@ class Standardize(Normalize):
         super().__init__(statistics["mean"], std)
 
 
-class RandomCrop(grain.transforms.RandomMap):
+class RandomTransform(grain.transforms.RandomMap):
+    """A transform whose per-example random parameters are drawn for the whole global batch.
+
+    Every process draws the parameters of all examples of the global batch from
+    the same generator and keeps those of its own slice (`window`), so an
+    example's augmentation does not depend on how many processes share the batch.
+    """
+
+    global_batch: int | None = None  # None: the batch is the global batch.
+    offset: int = 0  # This process's first example within the global batch.
+
+    @abc.abstractmethod
+    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Random parameters of `size` examples, one row per example."""
+
+    @abc.abstractmethod
+    def apply(self, batch: dict, params: np.ndarray) -> dict:
+        """The batch transformed with one row of `params` per example."""
+
+    def random_map(self, batch, rng: np.random.Generator):
+        size = len(batch["input"])
+        params = self.draw(rng, self.global_batch or size)
+        return self.apply(batch, params[self.offset : self.offset + size])
+
+
+class RandomCrop(RandomTransform):
     """Zero-pads height and width by `padding`, then crops a random window of the original size.
 
     Images are [batch, height, width, ...]; each image gets its own window.
@@ -69,21 +95,23 @@ class RandomCrop(grain.transforms.RandomMap):
             raise ValueError(f"random_crop: padding must be >= 0, got {padding}")
         self.padding = int(padding)
 
-    def random_map(self, batch, rng: np.random.Generator):
+    def draw(self, rng, size):
+        return rng.integers(0, 2 * self.padding + 1, size=(2, size)).T  # (top, left) per example.
+
+    def apply(self, batch, params):
         images = batch["input"]
         size, height, width = images.shape[:3]
         pad = self.padding
         # Zeros plus one slice assignment: the same as np.pad, at a fraction of its overhead.
         padded = np.zeros((size, height + 2 * pad, width + 2 * pad, *images.shape[3:]), images.dtype)
         padded[:, pad : pad + height, pad : pad + width] = images
-        top, left = rng.integers(0, 2 * pad + 1, size=(2, size))
         # One gather picks every image's window: rows[b, i] = top[b] + i, likewise columns.
-        rows = (top[:, None] + np.arange(height))[:, :, None]
-        cols = (left[:, None] + np.arange(width))[:, None, :]
+        rows = (params[:, 0, None] + np.arange(height))[:, :, None]
+        cols = (params[:, 1, None] + np.arange(width))[:, None, :]
         return {**batch, "input": padded[np.arange(size)[:, None, None], rows, cols]}
 
 
-class RandomFlip(grain.transforms.RandomMap):
+class RandomFlip(RandomTransform):
     """Mirrors each image left-right with probability `p`."""
 
     def __init__(self, p: float = 0.5):
@@ -91,9 +119,12 @@ class RandomFlip(grain.transforms.RandomMap):
             raise ValueError(f"random_flip: p must be in [0, 1], got {p}")
         self.p = float(p)
 
-    def random_map(self, batch, rng: np.random.Generator):
+    def draw(self, rng, size):
+        return rng.random(size) < self.p
+
+    def apply(self, batch, params):
         images = batch["input"]
-        flip = (rng.random(len(images)) < self.p).reshape(-1, *([1] * (images.ndim - 1)))
+        flip = params.reshape(-1, *([1] * (images.ndim - 1)))
         return {**batch, "input": np.where(flip, images[:, :, ::-1], images)}
 
 
@@ -135,15 +166,28 @@ def needs_statistics(specs: list[Spec]) -> bool:
     return any(spec.name == "standardize" for spec in specs)
 
 
-def build(specs: list[Spec], statistics: Mapping[str, np.ndarray] | None = None) -> list:
-    """Instantiates the grain ops of `specs`; bad arguments raise ValueError."""
+def build(
+    specs: list[Spec],
+    statistics: Mapping[str, np.ndarray] | None = None,
+    *,
+    global_batch: int | None = None,
+    offset: int = 0,
+) -> list:
+    """Instantiates the grain ops of `specs`; bad arguments raise ValueError.
+
+    Args:
+      specs: parsed transforms.
+      statistics: training mean and std, for `standardize`.
+      global_batch: size of the global batch that random transforms draw for.
+      offset: this process's first example within the global batch.
+    """
     ops = []
     for spec in specs:
         try:
-            if spec.name == "standardize":
-                ops.append(Standardize(statistics))
-            else:
-                ops.append(REGISTRY[spec.name](**spec.kwargs))
+            op = Standardize(statistics) if spec.name == "standardize" else REGISTRY[spec.name](**spec.kwargs)
         except TypeError as error:
             raise ValueError(f"transform '{spec.name}': {error}") from None
+        if isinstance(op, RandomTransform):
+            op.global_batch, op.offset = global_batch, offset
+        ops.append(op)
     return ops
