@@ -8,11 +8,14 @@ tfds dataset is read through `tfds.data_source` -- no TensorFlow involved.
 from __future__ import annotations
 
 import abc
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+log = logging.getLogger(__name__)
 
 # Split fractions of the shipped tables, taken in this order from one seeded
 # permutation so that the splits never overlap and never change between runs.
@@ -152,6 +155,8 @@ def local_builder(name: str, data_dir: str = "") -> tfds.core.DatasetBuilder:
     """A jaxdl builder, prepared on first use."""
     builder = LOCAL_BUILDERS[name](data_dir=data_dir or str(default_data_dir()), file_format="array_record")
     if not builder.is_prepared():
+        log.info("building jaxdl dataset '%s' in %s (once)", name, builder.data_dir)
+        tfds.disable_progress_bar()  # tfds' bars would interleave with the run's own output.
         builder.download_and_prepare()
     return builder
 
