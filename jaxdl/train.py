@@ -155,6 +155,11 @@ def _mean_metrics(pending: Sequence[dict], first_step: int) -> dict:
     return {k: float(np.mean([np.asarray(m[k]).reshape(-1)[0] for m in values])) for k in values[0]}
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def _versions() -> dict:
     return {
         "jax": jax.__version__,
@@ -256,6 +261,16 @@ class _Trainer:
         """A placed TrainState from restored checkpoint arrays."""
         return self.strategy.put_state(self.abstract.from_checkpoint_tree(tree))
 
+    def _finite_tree(self) -> dict:
+        """The state's checkpoint arrays; raises instead of handing out NaN or inf params."""
+        tree = self.strategy.host_state(self.state).checkpoint_tree()
+        if not bool(_all_finite(tree["params"])):
+            raise NonFiniteLossError(
+                f"parameters became NaN or inf at step {self.step}; stopped without checkpointing them. "
+                "Lower config.optimizer.learning_rate or set config.optimizer.grad_clip_norm"
+            )
+        return tree
+
     def _due(self, every: int) -> bool:
         return bool(every) and self.step % every == 0
 
@@ -296,8 +311,7 @@ class _Trainer:
                     self._validate()
                     stopped_early = self._patience_spent()
                 if checkpoint_now or preempted or stopped_early:
-                    host = self.strategy.host_state(self.state).checkpoint_tree()
-                    self.checkpoints.save_latest(self.step, host, self.data, self.progress.to_json())
+                    self.checkpoints.save_latest(self.step, self._finite_tree(), self.data, self.progress.to_json())
                 for hook in hooks:
                     hook(self.step, self.state)
                 if preempted:
@@ -327,8 +341,7 @@ class _Trainer:
         self.writer.write(self.step, {f"val/{k}": v for k, v in val.items()})
         if val["loss"] < self.progress.best_val_loss:
             self.progress = _Progress(val["loss"], self.step, 0)
-            host = self.strategy.host_state(self.state).checkpoint_tree()
-            self.checkpoints.save_best(self.step, host, self.data, self.progress.to_json())
+            self.checkpoints.save_best(self.step, self._finite_tree(), self.data, self.progress.to_json())
         else:
             self.progress.evals_without_improvement += 1
 

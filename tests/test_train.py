@@ -172,12 +172,28 @@ def test_nan_loss_stops_the_run_and_is_never_checkpointed(tmp_path):
         training__log_every_steps=1,
         parallel__num_devices=1,
     )
-    with pytest.raises(train.NonFiniteLossError, match="training loss is"):
+    with pytest.raises(train.NonFiniteLossError, match="NaN or inf|training loss is"):
         train.train_and_evaluate(cfg, tmp_path)
-    checkpoints = tmp_path / "checkpoints"
-    if checkpoints.exists() and any(checkpoints.iterdir()):
-        params, _ = helpers.saved_params(tmp_path)
-        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+    params, step = helpers.saved_params(tmp_path)
+    assert step >= 1  # The run got going before it diverged ...
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))  # ... and saved nothing non-finite.
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_non_finite_params_are_never_checkpointed(tmp_path):
+    """Params can overflow in the very update whose loss was still finite."""
+    cfg = helpers.config(
+        "diabetes_linear",
+        optimizer__name="sgd",
+        optimizer__learning_rate=1e38,
+        training__num_steps=5,
+        training__checkpoint_every_steps=1,
+        training__log_every_steps=1,
+        parallel__num_devices=1,
+    )
+    with pytest.raises(train.NonFiniteLossError, match="parameters became NaN or inf at step 1"):
+        train.train_and_evaluate(cfg, tmp_path)
+    assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
 
 
 def test_early_stopping_on_validation_loss(tmp_path):
