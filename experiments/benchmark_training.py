@@ -63,7 +63,7 @@ def pipeline_overhead(config_path: str, steps: int, repeats: int = 5) -> dict:
     slow drifts of the machine's speed.
     """
     config = configuration.load_config(config_path)
-    run = train.Experiment(config, Path(tempfile.mkdtemp()))
+    run = train.Experiment(config)
     rng = jax.random.key(config.seed)
     _, init = run.abstract_state(rng)
     state = run.strategy.put_state(jax.jit(init)(rng))

@@ -75,7 +75,7 @@ def eval_cli(argv: Sequence[str] | None = None) -> int:
 
     try:
         metrics = train.evaluate_workdir(args.workdir, args.split)
-    except (FileNotFoundError, configuration.ConfigError) as error:
+    except (FileNotFoundError, RuntimeError, configuration.ConfigError) as error:
         print(f"jaxdl-eval: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(metrics, indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import math
@@ -163,7 +164,7 @@ def _all_finite(tree) -> jax.Array:
 def _versions() -> dict:
     return {
         "jax": jax.__version__,
-        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+        "jaxlib": importlib.metadata.version("jaxlib"),
         "flax": flax.__version__,
         "optax": optax.__version__,
     }
@@ -172,12 +173,11 @@ def _versions() -> dict:
 class Experiment:
     """What one run builds from its config: mesh, strategy, task, model, data, optimizer."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
+    def __init__(self, config: ml_collections.ConfigDict):
         parallel.initialize_distributed(config.parallel)
         self.mesh = parallel.make_mesh(config.parallel.num_devices)
         configuration.validate(config, num_devices=self.mesh.size)
         self.config = config
-        self.workdir = workdir
         self.chief = jax.process_index() == 0
         self.strategy = parallel.make_strategy(config.parallel.strategy, self.mesh)
         self.task = tasks.get_task(config.task)
@@ -390,7 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     """
     start_time = time.time()
     workdir = Path(workdir)
-    run = Experiment(config, workdir)
+    run = Experiment(config)
     workdir.mkdir(parents=True, exist_ok=True)
     if run.chief:
         _save_config(config, workdir)
@@ -425,7 +425,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{workdir} holds no config.json: is it a jaxdl workdir?")
     config = configuration.read_config(path)
-    run = Experiment(config, workdir)
+    run = Experiment(config)
     abstract, _ = run.abstract_state(jax.random.key(config.seed))
     tree = abstract.checkpoint_tree()
     checkpoints = Checkpoints(workdir, keep=config.training.keep_checkpoints)

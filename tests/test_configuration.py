@@ -114,3 +114,8 @@ def test_cli_trains_and_eval_cli_reports_the_same_test_metrics(tmp_path, capsys)
     results = json.loads((workdir / "results.json").read_text())
     assert main.eval_cli([f"--workdir={workdir}"]) == 0
     assert json.loads(capsys.readouterr().out) == results["test"]
+
+
+def test_eval_cli_on_a_folder_that_is_no_workdir(tmp_path, capsys):
+    assert main.eval_cli([f"--workdir={tmp_path}"]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
