@@ -56,7 +56,7 @@ def _timed(step, state, batches, rng, steps: int):
     return steps / (time.perf_counter() - start), state
 
 
-def pipeline_overhead(config_path: str, steps: int, repeats: int = 5) -> dict:
+def pipeline_overhead(config_path: str, steps: int, repeats: int = 5, worker_count: int = 0) -> dict:
     """Steps/s with the real pipeline vs one on-device batch, alternated `repeats` times.
 
     The ratio is the median over repeats of each adjacent pair, which cancels
@@ -68,7 +68,9 @@ def pipeline_overhead(config_path: str, steps: int, repeats: int = 5) -> dict:
     _, init = run.abstract_state(rng)
     state = run.strategy.put_state(jax.jit(init)(rng))
     step = run.strategy.compile_train(train.make_train_step(run.task))
-    loader = pipeline.train_loader(run.splits, global_batch_size=config.training.batch_size, seed=config.seed)
+    loader = pipeline.train_loader(
+        run.splits, global_batch_size=config.training.batch_size, seed=config.seed, worker_count=worker_count
+    )
     real = pipeline.DeviceIterator(loader, run.strategy.place_batch, prefetch=config.dataset.prefetch_batches)
     held = next(real)
 
@@ -98,12 +100,13 @@ def main() -> None:
     parser.add_argument("--config", default="configs/digits_cnn.py")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--out", default="")
+    parser.add_argument("--worker_count", type=int, default=0, help="grain worker processes of the pipeline")
     args = parser.parse_args()
     report = {
         "device": str(jax.devices()[0].device_kind),
         "num_devices": jax.device_count(),
         "end_to_end": end_to_end(args.config),
-        "input_pipeline": pipeline_overhead(args.config, args.steps),
+        "input_pipeline": pipeline_overhead(args.config, args.steps, worker_count=args.worker_count),
     }
     text = json.dumps(report, indent=2)
     print(text)
