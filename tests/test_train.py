@@ -162,18 +162,22 @@ def test_corrupt_latest_checkpoint_is_skipped(tmp_path, caplog):
     assert steps == sorted(set(steps))  # Resumed from 5: steps 6..10 logged once, not twice.
 
 
-def test_nan_loss_stops_the_run_and_is_never_checkpointed(tmp_path):
-    cfg = helpers.config(
+def _diverging(learning_rate: float, num_steps: int):
+    """Plain SGD on raw diabetes features with a step size that blows up, saving every step."""
+    return helpers.config(
         "diabetes_linear",
         optimizer__name="sgd",
-        optimizer__learning_rate=1e6,
-        training__num_steps=50,
+        optimizer__learning_rate=learning_rate,
+        training__num_steps=num_steps,
         training__checkpoint_every_steps=1,
         training__log_every_steps=1,
         parallel__num_devices=1,
     )
+
+
+def test_nan_loss_stops_the_run_and_is_never_checkpointed(tmp_path):
     with pytest.raises(train.NonFiniteLossError, match="NaN or inf|training loss is"):
-        train.train_and_evaluate(cfg, tmp_path)
+        train.train_and_evaluate(_diverging(1e6, 50), tmp_path)
     params, step = helpers.saved_params(tmp_path)
     assert step >= 1  # The run got going before it diverged ...
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))  # ... and saved nothing non-finite.
@@ -182,17 +186,8 @@ def test_nan_loss_stops_the_run_and_is_never_checkpointed(tmp_path):
 
 def test_non_finite_params_are_never_checkpointed(tmp_path):
     """Params can overflow in the very update whose loss was still finite."""
-    cfg = helpers.config(
-        "diabetes_linear",
-        optimizer__name="sgd",
-        optimizer__learning_rate=1e38,
-        training__num_steps=5,
-        training__checkpoint_every_steps=1,
-        training__log_every_steps=1,
-        parallel__num_devices=1,
-    )
     with pytest.raises(train.NonFiniteLossError, match="parameters became NaN or inf at step 1"):
-        train.train_and_evaluate(cfg, tmp_path)
+        train.train_and_evaluate(_diverging(1e38, 5), tmp_path)
     assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
 
 
