@@ -69,7 +69,7 @@ def test_same_seed_same_numbers_and_other_seed_differs(tmp_path):
 
 
 class _Crash(RuntimeError):
-    pass
+    """A simulated crash in the middle of a run."""
 
 
 def _crash_at(step):
