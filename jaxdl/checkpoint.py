@@ -128,13 +128,6 @@ class Checkpoints:
             return None
         return self._restore(self.best, step, state_tree, shardings, None)
 
-    def best_meta(self) -> dict | None:
-        """The meta of the best checkpoint (its step and validation loss)."""
-        step = self.best.latest_step()
-        if step is None:
-            return None
-        return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
     def close(self) -> None:
         """Waits for pending writes and releases the managers."""
         self.latest.close()

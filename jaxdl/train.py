@@ -220,7 +220,7 @@ class _Trainer:
 
     def __init__(self, run: Experiment, workdir: Path, stack: contextlib.ExitStack, start_time: float):
         config, strategy = run.config, run.strategy
-        self.run, self.config, self.training = run, config, config.training
+        self.run, self.config, self.training, self.workdir = run, config, config.training, workdir
         self.strategy, self.task, self.start_time = strategy, run.task, start_time
         self.init_rng, self.dropout_rng = jax.random.split(jax.random.key(config.seed))
         self.abstract, init = run.abstract_state(self.init_rng)
@@ -345,7 +345,7 @@ class _Trainer:
         else:
             self.progress.evals_without_improvement += 1
 
-    def test(self, stopped_early: bool, workdir: Path) -> dict:
+    def test(self, stopped_early: bool) -> dict:
         """Evaluates the best checkpoint (else the final state) on the test split; writes results.json."""
         config = self.config
         best = None
@@ -370,7 +370,7 @@ class _Trainer:
             "versions": _versions(),
         }
         if self.run.chief:
-            (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            (self.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             log.info("test: %s", jlog.format_metrics(test))
         return results
 
@@ -406,7 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 trainer.step,
                 config.training.early_stopping_patience,
             )
-        return trainer.test(stopped_early, workdir)
+        return trainer.test(stopped_early)
 
 
 def _save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:

@@ -172,7 +172,7 @@ def train_loader(splits: Splits, *, global_batch_size: int, seed: int, worker_co
 def eval_batches(splits: Splits, split: str, *, global_batch_size: int, remainder: str = "pad") -> Iterator[dict]:
     """One pass over `split` in fixed-size batches with a `mask` of real examples.
 
-    With remainder "pad" the last batch is filled with masked copies so every
+    With remainder "pad" the last batch is filled with masked zero rows so every
     example counts once; with "drop" the incomplete last batch is skipped. Every
     process yields the same number of batches, so collective steps never hang.
     """
@@ -219,22 +219,26 @@ class DeviceIterator:
         self._state = self._encoded_state()
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._stop: threading.Event | None = None
         self.start_prefetch()
+
+    @staticmethod
+    def _offer(item, stop: threading.Event, out: queue.Queue) -> None:
+        """Puts `item` once there is room, giving up when asked to stop (never blocks a halt)."""
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def _fill(self, stop: threading.Event, out: queue.Queue) -> None:
         try:
             while not stop.is_set():
                 batch = next(self._iterator)
-                item = (self._encoded_state(), self._place(batch))
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                self._offer((self._encoded_state(), self._place(batch)), stop, out)
         except BaseException as error:  # Handed to the consumer, raised there.
-            out.put((None, error))
+            self._offer((None, error), stop, out)
 
     def start_prefetch(self) -> None:
         """Starts the background thread (no-op without prefetching or if running)."""
