@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
+import itertools
 import json
 import logging
 import math
@@ -73,9 +74,15 @@ def make_train_step(task: tasks.Task) -> Callable:
 
 
 def make_eval_step(task: tasks.Task) -> Callable:
-    """The pure eval step: masked sums of per-example metrics and the example count."""
+    """The pure eval step: masked sums of per-example metrics and the example count.
 
-    def eval_step(state: TrainState, batch: dict, axis_name: str | None = None):
+    Given `totals`, it returns `totals` plus this batch's sums. `evaluate` chains
+    the steps through `totals` so they run one after another: independent
+    steps may execute concurrently, and with cross-process collectives (gloo on
+    CPU) two processes could then enter them in different orders and deadlock.
+    """
+
+    def eval_step(state: TrainState, batch: dict, totals: dict | None = None, axis_name: str | None = None):
         outputs = state.apply_fn(state.variables(), batch["input"], train=False)
         metrics = task.metrics(outputs, task.prepare_targets(batch["target"]))
         mask = batch["mask"]
@@ -83,7 +90,7 @@ def make_eval_step(task: tasks.Task) -> Callable:
         sums["count"] = jnp.sum(mask)
         if axis_name is not None:
             sums = jax.lax.psum(sums, axis_name)
-        return sums
+        return sums if totals is None else jax.tree.map(jnp.add, totals, sums)
 
     return eval_step
 
@@ -131,15 +138,18 @@ class _Preemption:
 
 def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[dict], strategy, task: tasks.Task) -> dict:
     """Example-weighted means of the task's metrics over `batches`."""
-    total = None
-    for batch in batches:
-        sums = eval_step(state, strategy.place_batch(batch))
-        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    if total is None:
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
         raise ValueError("the evaluation split yielded no batch; lower config.training.batch_size")
-    total = jax.device_get(strategy.unreplicate_metrics(total))
-    count = float(total.pop("count"))
-    return task.finalize({k: float(v) / count for k, v in total.items()})
+    # Zero totals of the step's output structure (scalars), placed like the state.
+    shapes = jax.eval_shape(make_eval_step(task), strategy.host_state(state), first)
+    totals = strategy.put_state(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+    for batch in itertools.chain([first], batches):
+        totals = eval_step(state, strategy.place_batch(batch), totals)
+    totals = jax.device_get(strategy.unreplicate_metrics(totals))
+    count = float(totals.pop("count"))
+    return task.finalize({k: float(v) / count for k, v in totals.items()})
 
 
 def _mean_metrics(pending: Sequence[dict], first_step: int) -> dict:

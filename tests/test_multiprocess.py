@@ -42,7 +42,11 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
         )
         for index in range(2)
     ]  # fmt: skip
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+    finally:
+        for p in processes:  # A hung collective must not outlive the test.
+            p.kill()
     assert [p.returncode for p in processes] == [0, 0], outputs
 
     results = json.loads((workdir / "results.json").read_text())
