@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxdl.models import cnn, linear, mlp
 from jaxdl.models.cnn import CNN
 from jaxdl.models.linear import LogisticRegression
 from jaxdl.models.mlp import MLP
@@ -21,17 +22,31 @@ __all__ = [
     "create_model",
     "list_models",
     "model_accepts",
+    "model_defaults",
     "model_fields",
 ]
 
-# Read-only so no caller can register models at runtime behind our back.
-_REGISTRY: Mapping[str, type[nn.Module]] = MappingProxyType(
-    {
-        "cnn": CNN,
-        "logistic_regression": LogisticRegression,
-        "mlp": MLP,
-    }
+# Each family module holds `REGISTRY = {name: (ModuleClass, default hyperparameters)}`,
+# so one class serves several published variants (resnet18 ... resnet152).
+_FAMILIES = (
+    linear,
+    mlp,
+    cnn,
 )
+
+
+def _collect() -> Mapping[str, tuple[type[nn.Module], Mapping[str, Any]]]:
+    registry: dict[str, tuple[type[nn.Module], Mapping[str, Any]]] = {}
+    for family in _FAMILIES:
+        for name, (cls, defaults) in family.REGISTRY.items():
+            if name in registry:
+                raise RuntimeError(f"model name {name!r} is registered twice")
+            registry[name] = (cls, MappingProxyType(dict(defaults)))
+    return registry
+
+
+# Read-only so no caller can register models at runtime behind our back.
+_REGISTRY = MappingProxyType(_collect())
 
 # Flax adds these to every Module dataclass; they are not hyperparameters.
 _INTERNAL_FIELDS = frozenset({"parent", "name"})
@@ -44,6 +59,15 @@ def list_models() -> list[str]:
 
 def _lookup(name: str) -> type[nn.Module]:
     """Return the model class registered as `name` or raise ValueError."""
+    return _entry(name)[0]
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The hyperparameters that variant `name` sets on its class."""
+    return dict(_entry(name)[1])
+
+
+def _entry(name: str) -> tuple[type[nn.Module], Mapping[str, Any]]:
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -75,7 +99,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         raise TypeError(
             f"unknown argument(s) {', '.join(map(repr, unknown))} for model {name!r}; valid fields: {', '.join(fields)}"
         )
-    return cls(**kwargs)
+    return cls(**{**model_defaults(name), **kwargs})
 
 
 def count_params(params: Any) -> int:

@@ -50,3 +50,7 @@ class CNN(nn.Module):
         x = nn.relu(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)
+
+
+# name -> (class, default hyperparameters); collected by jaxdl.models.
+REGISTRY = {"cnn": (CNN, {})}

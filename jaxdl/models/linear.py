@@ -20,3 +20,7 @@ class LogisticRegression(nn.Module):
         del train
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="dense")(x)
+
+
+# name -> (class, default hyperparameters); collected by jaxdl.models.
+REGISTRY = {"logistic_regression": (LogisticRegression, {})}

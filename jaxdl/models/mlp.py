@@ -51,3 +51,7 @@ class MLP(nn.Module):
             if self.dropout_rate > 0.0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)
+
+
+# name -> (class, default hyperparameters); collected by jaxdl.models.
+REGISTRY = {"mlp": (MLP, {})}
