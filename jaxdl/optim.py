@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import ml_collections
 import optax
+
+
+def path_name(path) -> str:
+    """A pytree key path as a '/'-joined name, e.g. 'layer1_0/conv1/kernel'."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def trainable_mask(params, freeze: str):
+    """True for params that train; False for those whose path matches the `freeze` regex."""
+    pattern = re.compile(freeze) if freeze else None
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: pattern is None or not pattern.search(path_name(path)), params
+    )
 
 
 def decay_mask(params):
@@ -61,6 +76,13 @@ def build_optimizer(
         # L2 decay added to the gradient (coupled), as in classic SGD training recipes.
         parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
     tx = optax.chain(*parts, base) if parts else base
+    freeze = config.transfer.get("freeze", "") if "transfer" in config else ""
+    if freeze:
+        # Frozen params get zero updates and no optimizer state; the rest train as configured.
+        tx = optax.multi_transform(
+            {"train": tx, "frozen": optax.set_to_zero()},
+            lambda params: jax.tree.map(lambda t: "train" if t else "frozen", trainable_mask(params, freeze)),
+        )
     if opt.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=opt.grad_accum_steps)
     return tx, schedule

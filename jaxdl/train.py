@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdl import configuration, models, optim, parallel, tasks
+from jaxdl import augment, configuration, models, optim, parallel, tasks
 from jaxdl import logging as jlog
 from jaxdl.checkpoint import Checkpoints
 from jaxdl.data import pipeline
@@ -42,8 +43,49 @@ def num_train_steps(num_examples: int, batch_size: int, num_epochs: float) -> in
     return max(1, math.ceil(num_epochs * num_examples / batch_size))
 
 
-def make_train_step(task: tasks.Task) -> Callable:
-    """The pure step: (state, batch, rng) -> (new state, mean metrics of the batch)."""
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """Loss options of the train step beyond the task's plain loss."""
+
+    mix: augment.MixConfig = augment.MixConfig()
+    label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.3
+    # Param paths ('/'-joined) whose BatchNorm statistics stay fixed (frozen layers).
+    frozen: re.Pattern | None = None
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> StepOptions:
+        return cls(
+            mix=augment.MixConfig.from_config(config.augment),
+            label_smoothing=config.task.get("label_smoothing", 0.0),
+            aux_loss_weight=config.model.get("aux_loss_weight", 0.3),
+            frozen=re.compile(config.transfer.freeze) if config.transfer.freeze else None,
+        )
+
+    @property
+    def soft(self) -> bool:
+        """Whether the loss takes soft targets (smoothed or mixed labels)."""
+        return self.mix.enabled or self.label_smoothing > 0
+
+
+def _keep_frozen_stats(pattern: re.Pattern | None, old: dict, new: dict) -> dict:
+    """New batch statistics, except those of frozen layers, which keep their values."""
+    if pattern is None or not old:
+        return new
+
+    def pick(path, old_leaf, new_leaf):
+        return old_leaf if pattern.search(optim.path_name(path)) else new_leaf
+
+    return jax.tree_util.tree_map_with_path(pick, old, new)
+
+
+def make_train_step(task: tasks.Task, options: StepOptions = StepOptions()) -> Callable:
+    """The pure step: (state, batch, rng) -> (new state, mean metrics of the batch).
+
+    A model may return a tuple (main, *auxiliary) in training (GoogLeNet); the
+    loss is then main + options.aux_loss_weight * sum(auxiliary), and the metrics
+    are those of the main output.
+    """
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array, axis_name: str | None = None):
         # One key per step; under pmap also per device, as each sees different examples.
@@ -51,23 +93,44 @@ def make_train_step(task: tasks.Task) -> Callable:
         if axis_name is not None:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
         targets = task.prepare_targets(batch["target"])
+        inputs = batch["input"]
+        if options.soft:
+            soft = task.soft_targets(targets, options.label_smoothing)
+            if options.mix.enabled:
+                # A key of its own: the dropout key is the same with and without mixing.
+                inputs, soft, _ = augment.mix(jax.random.fold_in(rng, 1 << 20), inputs, soft, options.mix)
+
+            def per_example(outputs):
+                return task.soft_loss(outputs, soft)
+        else:
+
+            def per_example(outputs):
+                return task.loss(outputs, targets)
 
         def loss_fn(params):
             outputs, updates = state.apply_fn(
                 {**state.variables(), "params": params},
-                batch["input"],
+                inputs,
                 train=True,
                 rngs={"dropout": rng},
                 mutable=["batch_stats"],
             )
-            return jnp.mean(task.loss(outputs, targets)), (outputs, updates)
+            main, *aux = outputs if isinstance(outputs, tuple) else (outputs,)
+            losses = per_example(main)
+            for extra in aux:
+                losses = losses + options.aux_loss_weight * per_example(extra)
+            return jnp.mean(losses), (main, losses, updates)
 
-        (_, (outputs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (outputs, losses, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         metrics = {k: jnp.mean(v) for k, v in task.metrics(outputs, targets).items()}
+        metrics["loss"] = jnp.mean(losses)  # The loss that was minimised (smoothed, mixed, with aux).
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)
-        state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+        batch_stats = _keep_frozen_stats(
+            options.frozen, state.batch_stats, updates.get("batch_stats", state.batch_stats)
+        )
+        state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         return state, metrics
 
     return train_step
@@ -190,7 +253,7 @@ class Experiment:
         self.config = config
         self.chief = jax.process_index() == 0
         self.strategy = parallel.make_strategy(config.parallel.strategy, self.mesh)
-        self.task = tasks.get_task(config.task)
+        self.task = tasks.get_task(config.task, config.dataset)
         self.model = configuration.build_model(config, axis_name=self.strategy.axis_name)
         self.splits = pipeline.Splits(config.dataset)
         training = config.training
@@ -209,9 +272,13 @@ class Experiment:
             remainder=self.config.dataset.eval_remainder,
         )
 
+    def sample_input(self) -> np.ndarray:
+        """One input of the training split, with its batch axis."""
+        return next(iter(self.eval_batches(self.config.dataset.train_split)))["input"][:1]
+
     def abstract_state(self, rng: jax.Array) -> tuple[TrainState, Callable]:
         """State shapes from jax.eval_shape (nothing allocated) and the init function."""
-        sample = next(iter(self.eval_batches(self.config.dataset.train_split)))["input"][:1]
+        sample = self.sample_input()
 
         def init(key):
             variables = self.model.init(key, jnp.asarray(sample), train=False)
@@ -248,7 +315,7 @@ class _Trainer:
         restored = self.checkpoints.restore_latest(self.tree, strategy.state_shardings(self.tree), self.data)
         self.data.start_prefetch()
         if restored is None:
-            self.state = strategy.put_state(jax.jit(init)(self.init_rng))
+            self.state = strategy.put_state(self._pretrained(jax.jit(init)(self.init_rng)))
             self.progress = _Progress()
         else:
             self.state = self.state_from(restored[0])
@@ -262,10 +329,40 @@ class _Trainer:
         self.writer.truncate_after(self.step)
         if self.step == 0:
             self.writer.write_text("config", config.to_json_best_effort(indent=2))
-        self.train_step = strategy.compile_train(make_train_step(self.task))
+        self.train_step = strategy.compile_train(make_train_step(self.task, StepOptions.from_config(config)))
         self.eval_step = strategy.compile_eval(make_eval_step(self.task))
         self.pending: list[dict] = []
         self.time_to_first_step = None
+
+    def _pretrained(self, state: TrainState) -> TrainState:
+        """The fresh state with config.init_from's weights loaded where names and shapes fit."""
+        config = self.config
+        if not config.init_from:
+            return state
+        from jaxdl import convert
+
+        sample_shape = (1, *self.run.sample_input().shape[1:])
+        loaded = convert.from_torch(self.run.model, config.init_from, input_shape=sample_shape, skip_mismatched=True)
+        exclude = re.compile(config.transfer.exclude) if config.transfer.exclude else None
+        counts = {"loaded": 0, "kept": 0}
+
+        def merge(collection: str, fresh):
+            source = flax.traverse_util.flatten_dict(loaded.get(collection, {}), sep="/")
+
+            def pick(path, leaf):
+                name = optim.path_name(path)
+                if name in source and not (exclude is not None and exclude.search(name)):
+                    counts["loaded"] += 1
+                    return jnp.asarray(source[name], leaf.dtype)
+                counts["kept"] += 1
+                return leaf
+
+            return jax.tree_util.tree_map_with_path(pick, fresh)
+
+        state = state.replace(params=merge("params", state.params), batch_stats=merge("batch_stats", state.batch_stats))
+        if self.run.chief:
+            log.info("init_from %s: loaded %d arrays, kept the fresh init of %d", config.init_from, *counts.values())
+        return state
 
     def state_from(self, tree: dict) -> TrainState:
         """A placed TrainState from restored checkpoint arrays."""
@@ -379,6 +476,12 @@ class _Trainer:
             "num_processes": jax.process_count(),
             "versions": _versions(),
         }
+        baseline = self.task.baseline(self.run)
+        if baseline is not None:
+            results["baseline"] = baseline
+            # Lower is better: RMSE where both report it (forecasting), else the loss.
+            key = "rmse" if "rmse" in test and "rmse" in baseline else "loss"
+            results["beats_baseline"] = bool(test[key] <= baseline[key])
         if self.run.chief:
             (self.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             log.info("test: %s", jlog.format_metrics(test))

@@ -34,6 +34,15 @@ class Task(abc.ABC):
         """Derived metrics from the example-weighted means."""
         return dict(means)
 
+    def baseline(self, experiment) -> dict | None:
+        """Test metrics of a reference method on the same test examples, or None.
+
+        `experiment` is the run's `jaxdl.train.Experiment`; the result is written to
+        results.json as "baseline".
+        """
+        del experiment
+        return None
+
     def prepare_targets(self, targets: jax.Array) -> jax.Array:
         """Casts raw targets from the pipeline to what `loss` expects."""
         return jnp.asarray(targets)

@@ -35,6 +35,22 @@ class Classification(Task):
             return optax.sigmoid_binary_cross_entropy(outputs[:, 0], targets.astype(jnp.float32))
         return optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
 
+    def soft_targets(self, targets: jax.Array, smoothing: float = 0.0) -> jax.Array:
+        """Integer labels as probabilities, smoothed: (1 - s) * one_hot + s / K.
+
+        Binary tasks give the probability of class 1, shape [batch]; others [batch, K].
+        """
+        if self.binary:
+            return targets.astype(jnp.float32) * (1.0 - smoothing) + smoothing / 2
+        return optax.smooth_labels(jax.nn.one_hot(targets, self.num_classes), smoothing)
+
+    def soft_loss(self, outputs: jax.Array, soft_targets: jax.Array) -> jax.Array:
+        """Per-example cross-entropy against probabilities (smoothed or mixed labels)."""
+        outputs = outputs.astype(jnp.float32)
+        if self.binary:
+            return optax.sigmoid_binary_cross_entropy(outputs[:, 0], soft_targets)
+        return optax.softmax_cross_entropy(outputs, soft_targets)
+
     def predictions(self, outputs: jax.Array) -> jax.Array:
         """The predicted class of each example."""
         if self.binary:
