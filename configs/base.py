@@ -12,19 +12,39 @@ def get_config() -> ml_collections.ConfigDict:
     """Returns the base config; not an experiment of its own."""
     config = ml_collections.ConfigDict()
     config.seed = 0  # Seeds init, dropout and the data order: same seed, same numbers.
+    # Compute dtype of the model: float32 | bfloat16 (mixed precision: params,
+    # optimizer state and the loss stay float32).
+    config.dtype = "float32"
+    # A PyTorch state dict in torchvision naming (.safetensors or .npz) to start
+    # from instead of a random init; see config.transfer for heads and freezing.
+    config.init_from = ""
+
+    config.transfer = ml_collections.ConfigDict()
+    # Regex over '/'-joined param paths (e.g. "^head/"): these keep their fresh
+    # init instead of being loaded. Tensors whose shape differs (a head with a
+    # new number of classes) are never loaded.
+    config.transfer.exclude = ""
+    # Regex over param paths (e.g. "^(features|stem)"): matching params and their
+    # BatchNorm statistics are frozen; the rest trains.
+    config.transfer.freeze = ""
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "cnn"  # A name from jaxdl.models.list_models().
     # Keyword arguments of the model constructor (features, dropout_rate, ...).
     config.model.kwargs = ml_collections.ConfigDict()
+    # Models with auxiliary outputs in training (GoogLeNet): loss = main + w * sum(aux).
+    config.model.aux_loss_weight = 0.3
 
     config.task = ml_collections.ConfigDict()
-    config.task.name = "classification"  # classification | regression
+    config.task.name = "classification"  # classification | regression | forecasting (time series)
     config.task.num_classes = 10  # Classification only; 2 means one logit, sigmoid loss.
     config.task.num_targets = 1  # Regression only.
+    config.task.label_smoothing = 0.0  # Classification training loss only; eval loss is plain.
 
     config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "digits"  # A jaxdl builder (digits, breast_cancer, diabetes) or a tfds name.
+    # A jaxdl builder (digits, breast_cancer, diabetes; time series sunspots, co2),
+    # csv (a time series read from config.dataset.path) or a tfds name.
+    config.dataset.name = "digits"
     config.dataset.data_dir = ""  # Empty: $JAXDL_DATA_DIR, else ~/.cache/jaxdl/datasets.
     config.dataset.train_split = "train"
     config.dataset.val_split = "validation"
@@ -38,6 +58,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.worker_count = 0  # grain worker processes (0: read in this process).
     config.dataset.prefetch_batches = 2  # Batches placed on device ahead of the step.
     config.dataset.eval_remainder = "pad"  # pad: evaluate every example | drop.
+    # Time series only (sunspots, co2, csv; task forecasting). Cut 70/15/15 in time
+    # order; a window of `lookback` past values predicts the next `horizon` values,
+    # records {"input": [lookback, 1], "target": [horizon]} scaled with the train
+    # part's mean and std (rule: jaxdl/data/timeseries.py). Splits: train | validation | test.
+    config.dataset.lookback = 12  # Past values per window (also the AR baseline's order p).
+    config.dataset.horizon = 1  # Future values per window (the model's outputs).
+    config.dataset.path = ""  # csv only: the CSV file, one row per time step in time order.
+    config.dataset.column = ""  # csv only: the column of values; empty: the file's only column.
+
+    # Batch mixing on device, in the train step (classification only).
+    config.augment = ml_collections.ConfigDict()
+    config.augment.mixup_alpha = 0.0  # > 0: mixup with lambda ~ Beta(alpha, alpha).
+    config.augment.cutmix_alpha = 0.0  # > 0: cutmix with lambda ~ Beta(alpha, alpha).
+    config.augment.switch_prob = 0.5  # Both on: the chance a batch uses cutmix instead of mixup.
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # sgd | momentum | adam | adamw

@@ -6,6 +6,7 @@ import ast
 import hashlib
 import importlib.util
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,9 +117,31 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       num_devices: the number of devices the batch is split over.
     """
     from jaxdl import models, tasks  # Imported here: they pull in flax.
-    from jaxdl.data import datasets, transforms
+    from jaxdl.data import datasets, timeseries, transforms
 
     _choice("model.name", config.model.name, models.list_models())
+    _choice("dtype", config.dtype, tuple(_DTYPES))
+    _positive("model.aux_loss_weight", config.model.aux_loss_weight, allow_zero=True)
+    if config.init_from and not Path(config.init_from).is_file():
+        raise ConfigError(
+            f"config.init_from='{config.init_from}' is not a file; give a .safetensors or .npz state dict"
+        )
+    for key in ("exclude", "freeze"):
+        try:
+            re.compile(config.transfer[key])
+        except re.error as error:
+            raise ConfigError(f"config.transfer.{key}='{config.transfer[key]}' is not a valid regex: {error}") from None
+    mixing = config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _positive(f"augment.{key}", config.augment[key], allow_zero=True)
+    if not 0 <= config.augment.switch_prob <= 1:
+        raise ConfigError(f"config.augment.switch_prob={config.augment.switch_prob} is not valid; it must be in [0, 1]")
+    if not 0 <= config.task.label_smoothing < 1:
+        raise ConfigError(
+            f"config.task.label_smoothing={config.task.label_smoothing} is not valid; it must be in [0, 1)"
+        )
+    if (mixing or config.task.label_smoothing > 0) and config.task.name != "classification":
+        raise ConfigError("config.augment mixup/cutmix and config.task.label_smoothing need task.name='classification'")
     _choice("task.name", config.task.name, tasks.list_tasks())
     if config.task.name == "classification" and config.task.num_classes < 2:
         raise ConfigError(f"config.task.num_classes={config.task.num_classes} is not valid; it must be >= 2")
@@ -126,7 +149,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if not datasets.is_known(config.dataset.name):
         raise ConfigError(
             f"config.dataset.name='{config.dataset.name}' is not a known dataset; choose one of: "
-            f"{', '.join(datasets.LOCAL_BUILDERS)}, or any tfds dataset name"
+            f"{', '.join(datasets.LOCAL_BUILDERS)}, {datasets.CSV_DATASET}, or any tfds dataset name"
         )
     for key in ("train_transforms", "eval_transforms"):
         try:
@@ -137,6 +160,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _choice("dataset.eval_remainder", config.dataset.eval_remainder, ("pad", "drop"))
     _positive("dataset.worker_count", config.dataset.worker_count, allow_zero=True)
     _positive("dataset.prefetch_batches", config.dataset.prefetch_batches, allow_zero=True)
+    _positive("dataset.lookback", config.dataset.get("lookback", 1))
+    _positive("dataset.horizon", config.dataset.get("horizon", 1))
+    if timeseries.is_series(config.dataset.name) != (config.task.name == "forecasting"):
+        raise ConfigError(
+            f"config.task.name='{config.task.name}' does not fit config.dataset.name='{config.dataset.name}': "
+            "task 'forecasting' goes with a time series (sunspots, co2, csv) and only with one"
+        )
+    if config.task.name == "forecasting":
+        timeseries.check(config)  # Reads the series: a missing file or column stops the run here.
 
     _choice("optimizer.name", config.optimizer.name, ("sgd", "momentum", "adam", "adamw"))
     _positive("optimizer.learning_rate", config.optimizer.learning_rate)
@@ -172,12 +204,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError(f"config.model.kwargs: {error}") from None
 
 
+# config.dtype -> the compute dtype handed to models.
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+
+
 def build_model(config: ml_collections.ConfigDict, axis_name: str | None = None):
     """The configured model, its output size set by the task."""
     from jaxdl import models, tasks
 
     kwargs = config.model.kwargs.to_dict()
-    kwargs["num_outputs"] = tasks.get_task(config.task).num_outputs
+    kwargs["num_outputs"] = tasks.get_task(config.task, config.dataset).num_outputs
+    dtype = config.get("dtype", "float32")
+    if dtype != "float32":
+        if not models.model_accepts(config.model.name, "dtype"):
+            raise ValueError(f"model '{config.model.name}' has no dtype field; it computes in float32 only")
+        kwargs["dtype"] = _DTYPES[dtype]
     if axis_name is not None:
         kwargs["axis_name"] = axis_name
     return models.create_model(config.model.name, **kwargs)

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxdl.data import datasets, transforms
+from jaxdl.data import datasets, timeseries, transforms
 
 
 def _check_keys(source, config: ml_collections.ConfigDict) -> None:
@@ -51,13 +51,29 @@ class _Gather(grain.transforms.Map):
             return {name: value[:0] for name, value in self.map(np.zeros(1, np.int64)).items()}
         # One record at a time: tfds' batched __getitems__ is not supported by its mock_data.
         records = [self.source[int(i)] for i in indices]
-        return {name: np.stack([np.asarray(r[key]) for r in records]) for name, key in self.keys.items()}
+        return {name: _stack([np.asarray(r[key]) for r in records]) for name, key in self.keys.items()}
+
+
+def _stack(values: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One array, or the list itself when the shapes differ (images of many sizes).
+
+    A list must be made one array by a resizing transform (random_resized_crop or
+    center_crop) before anything else touches it.
+    """
+    if len({v.shape for v in values}) > 1:
+        return values
+    return np.stack(values)
 
 
 class _AsFloat(grain.transforms.Map):
     """Inputs leave the pipeline as float32 whatever the transforms did."""
 
     def map(self, batch):
+        if isinstance(batch["input"], list):
+            raise ValueError(
+                "the dataset's inputs have different shapes; start config.dataset.train_transforms and "
+                "eval_transforms with random_resized_crop(size=..) or center_crop(size=..)"
+            )
         return {**batch, "input": batch["input"].astype(np.float32)}
 
 
@@ -109,10 +125,13 @@ class Splits:
         self._statistics = None
 
     def source(self, split: str):
-        """The random-access source of `split` (cached in memory if configured)."""
+        """The random-access source of `split` (cached in memory if configured; time series always)."""
         if split not in self._sources:
-            source = datasets.load_source(self.config.name, split, self.config.data_dir)
-            if self.config.cache_in_memory:
+            if timeseries.is_series(self.config.name):
+                source = timeseries.window_source(self.config, split)  # Sliding windows, in memory.
+            else:
+                source = datasets.load_source(self.config.name, split, self.config.data_dir)
+            if self.config.cache_in_memory and not isinstance(source, datasets.InMemorySource):
                 source = datasets.InMemorySource(source)
             _check_keys(source, self.config)
             self._sources[split] = source

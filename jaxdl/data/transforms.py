@@ -128,6 +128,114 @@ class RandomFlip(RandomTransform):
         return {**batch, "input": np.where(flip, images[:, :, ::-1], images)}
 
 
+def _images(batch: dict) -> list[np.ndarray]:
+    """The batch's images as a list (variable-size datasets arrive as a list)."""
+    images = batch["input"]
+    return list(images) if isinstance(images, np.ndarray) else images
+
+
+def _stack_resized(out: list[np.ndarray], batch: dict, size: int) -> np.ndarray:
+    """The resized images as one array; an empty batch keeps its channel count."""
+    if out:
+        return np.stack(out)
+    channels = batch["input"].shape[3:] if isinstance(batch["input"], np.ndarray) else ()
+    return np.zeros((0, size, size, *channels), np.float32)
+
+
+def resized_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """Crops box = (top, left, height, width) of an [H, W, C] image and resizes it to size x size.
+
+    Bilinear with half-pixel centres and edge clamping, as torch's
+    `interpolate(mode="bilinear", align_corners=False)` without antialiasing.
+    Returns float32.
+    """
+    top, left, height, width = box
+    crop = image[top : top + height, left : left + width].astype(np.float32)
+
+    def axis(n_in: int):
+        src = np.maximum((np.arange(size, dtype=np.float64) + 0.5) * (n_in / size) - 0.5, 0.0)
+        low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        high = np.minimum(low + 1, n_in - 1)
+        frac = (src - low).astype(np.float32)
+        return low, high, frac
+
+    y0, y1, fy = axis(height)
+    x0, x1, fx = axis(width)
+    rows = crop[y0] * (1 - fy)[:, None, None] + crop[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+class RandomResizedCrop(RandomTransform):
+    """Crops a random box of random area fraction and aspect ratio, resized to `size` x `size`.
+
+    The box is drawn as torchvision's RandomResizedCrop draws it: up to 10
+    tries of area ~ U(scale) x image area and log aspect ~ U(log ratio); the
+    first box that fits is used, else a centre crop clamped to the ratio range.
+    Works on lists of images of different sizes (ImageNet) as on arrays.
+    """
+
+    tries = 10
+
+    def __init__(self, size: int = 224, scale: tuple = (0.08, 1.0), ratio: tuple = (3 / 4, 4 / 3)):
+        if size <= 0 or not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"random_resized_crop: bad size={size}, scale={scale} or ratio={ratio}")
+        self.size, self.scale, self.ratio = int(size), tuple(scale), tuple(ratio)
+
+    def draw(self, rng, size):
+        # Image-size-free uniforms: area, log aspect, top and left of every try.
+        return rng.random((size, self.tries, 4))
+
+    def box(self, height: int, width: int, u: np.ndarray) -> tuple[int, int, int, int]:
+        """The crop box of one image from its uniforms `u` [tries, 4]."""
+        area = height * width
+        log_lo, log_hi = np.log(self.ratio[0]), np.log(self.ratio[1])
+        for u_area, u_ratio, u_top, u_left in u:
+            target = area * (self.scale[0] + u_area * (self.scale[1] - self.scale[0]))
+            aspect = np.exp(log_lo + u_ratio * (log_hi - log_lo))
+            w = int(round(np.sqrt(target * aspect)))
+            h = int(round(np.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return int(u_top * (height - h + 1)), int(u_left * (width - w + 1)), h, w
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            h, w = height, int(round(height * self.ratio[1]))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def apply(self, batch, params):
+        images = _images(batch)
+        out = [
+            resized_crop(im, self.box(im.shape[0], im.shape[1], u), self.size)
+            for im, u in zip(images, params, strict=True)
+        ]
+        return {**batch, "input": _stack_resized(out, batch, self.size)}
+
+
+class CenterCrop(grain.transforms.Map):
+    """The central square of side `fraction` x the shorter side, resized to `size` x `size`.
+
+    fraction=0.875 at size 224 is the usual ImageNet evaluation (resize to 256,
+    centre-crop 224). Works on lists of images of different sizes.
+    """
+
+    def __init__(self, size: int = 224, fraction: float = 0.875):
+        if size <= 0 or not 0 < fraction <= 1:
+            raise ValueError(f"center_crop: bad size={size} or fraction={fraction}")
+        self.size, self.fraction = int(size), float(fraction)
+
+    def map(self, batch):
+        out = []
+        for image in _images(batch):
+            height, width = image.shape[:2]
+            side = max(1, int(round(min(height, width) * self.fraction)))
+            box = ((height - side) // 2, (width - side) // 2, side, side)
+            out.append(resized_crop(image, box, self.size))
+        return {**batch, "input": _stack_resized(out, batch, self.size)}
+
+
 # name -> constructor; `standardize` also receives the training statistics.
 REGISTRY = {
     "rescale": Rescale,
@@ -135,7 +243,12 @@ REGISTRY = {
     "standardize": Standardize,
     "random_crop": RandomCrop,
     "random_flip": RandomFlip,
+    "random_resized_crop": RandomResizedCrop,
+    "center_crop": CenterCrop,
 }
+
+# Transforms that accept a list of images of different sizes and return one array.
+RESIZING = ("random_resized_crop", "center_crop")
 
 
 def parse(text: str) -> list[Spec]:
