@@ -74,23 +74,24 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.switch_prob = 0.5  # Both on: the chance a batch uses cutmix instead of mixup.
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "adam"  # sgd | momentum | adam | adamw
+    config.optimizer.name = "adam"  # sgd | momentum | adam | adamw | rmsprop
     config.optimizer.learning_rate = 1e-3  # Peak learning rate.
     config.optimizer.momentum = 0.9  # momentum; also nesterov below.
     config.optimizer.nesterov = False
     config.optimizer.b1 = 0.9
-    config.optimizer.b2 = 0.999
+    config.optimizer.b2 = 0.999  # Also rmsprop's decay of the squared-gradient average.
     config.optimizer.eps = 1e-8
     config.optimizer.weight_decay = 0.0  # Skips biases and norm scales (params of ndim < 2).
     config.optimizer.grad_clip_norm = 0.0  # 0: no clipping.
     config.optimizer.grad_accum_steps = 1  # Accumulate this many batches per update.
 
     config.schedule = ml_collections.ConfigDict()
-    config.schedule.name = "constant"  # constant | cosine | step
+    config.schedule.name = "constant"  # constant | cosine | step | exponential
     config.schedule.warmup_steps = 0  # Linear warmup from 0 to the peak.
     config.schedule.decay_boundaries = (0.5, 0.75)  # step: fractions of the training steps.
     config.schedule.decay_factor = 0.1  # step: multiplier at each boundary.
     config.schedule.final_fraction = 0.0  # cosine: final LR as a fraction of the peak.
+    config.schedule.decay_every = 0.01  # exponential: decay_factor every this fraction of the run.
 
     config.training = ml_collections.ConfigDict()
     config.training.batch_size = 64  # Global batch, over all devices and processes.

@@ -170,12 +170,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.task.name == "forecasting":
         timeseries.check(config)  # Reads the series: a missing file or column stops the run here.
 
-    _choice("optimizer.name", config.optimizer.name, ("sgd", "momentum", "adam", "adamw"))
+    from jaxdl import optim
+
+    _choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
     _positive("optimizer.learning_rate", config.optimizer.learning_rate)
     _positive("optimizer.weight_decay", config.optimizer.weight_decay, allow_zero=True)
     _positive("optimizer.grad_clip_norm", config.optimizer.grad_clip_norm, allow_zero=True)
     _positive("optimizer.grad_accum_steps", config.optimizer.grad_accum_steps)
-    _choice("schedule.name", config.schedule.name, ("constant", "cosine", "step"))
+    _choice("schedule.name", config.schedule.name, optim.SCHEDULES)
+    if config.schedule.name == "exponential" and not 0 < config.schedule.decay_every <= 1:
+        raise ConfigError(
+            f"config.schedule.decay_every={config.schedule.decay_every} is not valid; it must be a fraction in (0, 1]"
+        )
     _positive("schedule.warmup_steps", config.schedule.warmup_steps, allow_zero=True)
     if any(not 0 < b < 1 for b in config.schedule.decay_boundaries):
         raise ConfigError(

@@ -27,8 +27,21 @@ KEY = jax.random.key(0)
 
 
 def test_list_models_sorted() -> None:
-    """list_models returns the registered names, sorted."""
-    assert list_models() == ["cnn", "logistic_regression", "mlp"]
+    """list_models returns the registered names, sorted, torchvision's names among them."""
+    names = list_models()
+    assert names == sorted(names)
+    assert {"cnn", "logistic_regression", "mlp", "lstm", "gru", "rnn"} <= set(names)
+    for family, variants in {
+        "vgg": ["11", "11_bn", "13", "13_bn", "16", "16_bn", "19", "19_bn"],
+        "resnet": ["18", "34", "50", "101", "152"],
+        "plain": ["18", "34"],
+        "densenet": ["121", "169", "201"],
+        "efficientnet_b": [str(i) for i in range(8)],
+        "vit_": ["b_16", "b_32", "l_16", "ti_16", "s_16"],
+        "convnext_": ["tiny", "small", "base", "large"],
+    }.items():
+        assert {family + v for v in variants} <= set(names), family
+    assert "googlenet" in names
 
 
 def test_create_model_types() -> None:

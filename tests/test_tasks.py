@@ -84,10 +84,10 @@ def test_eval_step_ignores_padding():
 
 
 def test_get_task_and_errors():
-    assert tasks.list_tasks() == ["classification", "regression"]
+    assert tasks.list_tasks() == ["classification", "forecasting", "regression", "tagging"]
     cfg = ml_collections.ConfigDict({"name": "regression", "num_classes": 10, "num_targets": 3})
     assert tasks.get_task(cfg).num_outputs == 3
-    with pytest.raises(ValueError, match="choose one of: classification, regression"):
+    with pytest.raises(ValueError, match="choose one of: classification, forecasting, regression, tagging"):
         tasks.get_task(ml_collections.ConfigDict({"name": "ranking", "num_classes": 2, "num_targets": 1}))
     with pytest.raises(ValueError):
         tasks.Classification(num_classes=1)

@@ -29,7 +29,16 @@ from flax import traverse_util
 log = logging.getLogger(__name__)
 
 # Converter modules, each with `CONVERTERS = {ModelClass: fn(importer, model)}`.
-_FAMILY_MODULES: tuple[str, ...] = ()
+_FAMILY_MODULES: tuple[str, ...] = (
+    "vit",
+    "resnet",
+    "vgg",
+    "efficientnet",
+    "convnext",
+    "densenet",
+    "googlenet",
+    "recurrent",
+)
 
 
 class StateDictError(ValueError):

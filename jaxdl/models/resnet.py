@@ -1,0 +1,218 @@
+"""ResNet (He et al. 2015) in torchvision's v1.5 layout, and the paper's plain (shortcut-free) baselines.
+
+Layer names follow torchvision so PyTorch weights import one to one: the stem is
+`conv1`/`bn1`, block `j` of stage `i` is `layer{i}_{j}` (torch `layer{i}.{j}`) with
+`conv1`, `bn1`, ... and, where the shape changes, the projection shortcut
+`downsample_0` (1x1 conv) and `downsample_1` (BatchNorm); the classifier is `head`
+(torch `fc`).
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# torchvision initialises every conv with Kaiming-normal over the fan-out.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# Output channels of a block relative to its inner width.
+EXPANSION = {"basic": 1, "bottleneck": 4}
+
+
+def _batch_norm(module: nn.Module, train: bool, name: str, zero_scale: bool = False) -> nn.BatchNorm:
+    """A torch-equivalent BatchNorm2d (momentum 0.1, eps 1e-5) configured from `module`'s fields."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        axis_name=module.axis_name,
+        dtype=module.dtype,
+        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+        name=name,
+    )
+
+
+def _conv(module: nn.Module, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+    """A bias-free conv with torch's symmetric padding kernel // 2."""
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        kernel_init=conv_init,
+        dtype=module.dtype,
+        name=name,
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (stride on the first), each followed by BatchNorm; ReLU after the sum.
+
+    `projection` adds torchvision's `downsample` shortcut (1x1 conv + BatchNorm);
+    `residual=False` drops the shortcut entirely (a plain-net block).
+    """
+
+    features: int
+    strides: int = 1
+    projection: bool = False
+    residual: bool = True
+    zero_init_last_bn: bool = False
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Apply the block to an NHWC feature map."""
+        y = _conv(self, self.features, 3, self.strides, "conv1")(x)
+        y = nn.relu(_batch_norm(self, train, "bn1")(y))
+        y = _conv(self, self.features, 3, 1, "conv2")(y)
+        y = _batch_norm(self, train, "bn2", self.zero_init_last_bn)(y)
+        return _merge(self, y, x, train, self.features)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride, torchvision v1.5), 1x1 expand to 4x `features`; ReLU after the sum."""
+
+    features: int
+    strides: int = 1
+    projection: bool = False
+    residual: bool = True
+    zero_init_last_bn: bool = False
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Apply the block to an NHWC feature map."""
+        out = self.features * EXPANSION["bottleneck"]
+        y = _conv(self, self.features, 1, 1, "conv1")(x)
+        y = nn.relu(_batch_norm(self, train, "bn1")(y))
+        y = _conv(self, self.features, 3, self.strides, "conv2")(y)
+        y = nn.relu(_batch_norm(self, train, "bn2")(y))
+        y = _conv(self, out, 1, 1, "conv3")(y)
+        y = _batch_norm(self, train, "bn3", self.zero_init_last_bn)(y)
+        return _merge(self, y, x, train, out)
+
+
+def _merge(block: nn.Module, y: jax.Array, x: jax.Array, train: bool, out_features: int) -> jax.Array:
+    """ReLU of the residual branch `y` plus the shortcut of the block input `x`.
+
+    The shortcut is the identity or, with `projection`, torchvision's
+    `downsample` (1x1 conv `downsample_0`, BatchNorm `downsample_1`); a plain
+    block (`residual=False`) has none and returns ReLU(y).
+    """
+    if not block.residual:
+        return nn.relu(y)
+    if block.projection:
+        x = _conv(block, out_features, 1, block.strides, "downsample_0")(x)
+        x = _batch_norm(block, train, "downsample_1")(x)
+    return nn.relu(y + x)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class BlockSpec(NamedTuple):
+    """Where one block sits and its shape: stage/index count from 1/0 like torchvision's `layer1.0`."""
+
+    stage: int
+    index: int
+    features: int
+    strides: int
+    projection: bool
+
+
+def block_specs(model: "ResNet") -> Iterator[BlockSpec]:
+    """The blocks of `model` in order; shared by the model and its PyTorch converter."""
+    expansion = EXPANSION[model.block]
+    in_features = model.width
+    for i, num_blocks in enumerate(model.stage_sizes):
+        features = model.width * 2**i
+        for j in range(num_blocks):
+            strides = 2 if i > 0 and j == 0 else 1
+            projection = model.residual and (strides != 1 or in_features != features * expansion)
+            yield BlockSpec(i + 1, j, features, strides, projection)
+            in_features = features * expansion
+
+
+class ResNet(nn.Module):
+    """ResNet v1.5 (torchvision layout) or, with `residual=False`, the paper's plain network.
+
+    Attributes:
+      num_outputs: number of classes.
+      block: "basic" (two 3x3 convs, ResNet-18/34) or "bottleneck" (1x1-3x3-1x1, ResNet-50+).
+      stage_sizes: blocks per stage; stage i (from 0) has inner width `width * 2**i`
+        and, after the first, halves the resolution in its first block.
+      width: channels of the stem and of the first stage (64 in torchvision).
+      residual: False removes every shortcut (no identity add, no projection),
+        giving the plain nets the paper compares against.
+      zero_init_residual: initialise the last BatchNorm scale of each block to
+        zero so residual blocks start as the identity (torchvision's
+        `zero_init_residual`, off by default).
+      image_size: reference input resolution (224 for ImageNet).
+      cifar_stem: replace the 7x7 stride-2 conv and the 3x3 max-pool with one
+        3x3 stride-1 conv and no pooling (the usual stem for 32x32 CIFAR images),
+        so the four stages see 32, 16, 8 and 4 pixels.
+      axis_name: set under pmap/vmap so BatchNorm averages statistics over devices.
+      dtype: compute dtype; parameters stay float32.
+    """
+
+    num_outputs: int
+    block: str = "basic"
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    width: int = 64
+    residual: bool = True
+    zero_init_residual: bool = False
+    image_size: int = 224
+    cifar_stem: bool = False
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        """Validate the block type at construction, not at first call."""
+        if self.block not in BLOCKS:
+            raise ValueError(f"unknown ResNet block {self.block!r}; choose one of: {', '.join(sorted(BLOCKS))}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits of shape (batch, num_outputs) for NHWC input."""
+        if self.cifar_stem:
+            x = _conv(self, self.width, 3, 1, "conv1")(x)
+            x = nn.relu(_batch_norm(self, train, "bn1")(x))
+        else:
+            x = _conv(self, self.width, 7, 2, "conv1")(x)
+            x = nn.relu(_batch_norm(self, train, "bn1")(x))
+            # torch's MaxPool2d(3, 2, padding=1) pads with -inf, as nn.max_pool does.
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        block_cls = BLOCKS[self.block]
+        for spec in block_specs(self):
+            x = block_cls(
+                spec.features,
+                strides=spec.strides,
+                projection=spec.projection,
+                residual=self.residual,
+                zero_init_last_bn=self.zero_init_residual,
+                axis_name=self.axis_name,
+                dtype=self.dtype,
+                name=f"layer{spec.stage}_{spec.index}",
+            )(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)
+
+
+# name -> (class, default hyperparameters); collected by jaxdl.models.
+REGISTRY = {
+    "resnet18": (ResNet, {"block": "basic", "stage_sizes": (2, 2, 2, 2)}),
+    "resnet34": (ResNet, {"block": "basic", "stage_sizes": (3, 4, 6, 3)}),
+    "resnet50": (ResNet, {"block": "bottleneck", "stage_sizes": (3, 4, 6, 3)}),
+    "resnet101": (ResNet, {"block": "bottleneck", "stage_sizes": (3, 4, 23, 3)}),
+    "resnet152": (ResNet, {"block": "bottleneck", "stage_sizes": (3, 8, 36, 3)}),
+    "plain18": (ResNet, {"block": "basic", "stage_sizes": (2, 2, 2, 2), "residual": False}),
+    "plain34": (ResNet, {"block": "basic", "stage_sizes": (3, 4, 6, 3), "residual": False}),
+    "resnet_tiny": (ResNet, {"block": "basic", "stage_sizes": (1, 1, 1, 1), "width": 8, "image_size": 32}),
+}

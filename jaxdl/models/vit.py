@@ -1,0 +1,221 @@
+"""Vision Transformer (Dosovitskiy et al., 2020) laid out like torchvision's VisionTransformer.
+
+The image is cut into non-overlapping patches by a strided convolution, a
+learned class token is prepended, a learned position embedding is added, and
+pre-LayerNorm transformer blocks (self-attention, then an exact-GELU MLP) process
+the sequence. The class token's final (LayerNorm-ed) state feeds the `head`.
+
+Parameter names follow torchvision, so `jaxdl.convert.vit` maps them one to one:
+`conv_proj`, `class_token`, `pos_embedding`, `encoder_layer_<i>/{ln_1,
+self_attention/{in_proj,out_proj}, ln_2, mlp_0, mlp_3}`, `encoder_ln`, `head`.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# torchvision's ViT LayerNorm epsilon.
+_LN_EPS = 1e-6
+# Patch size of the CIFAR (32x32) stem: an 8x8 grid of tokens.
+CIFAR_PATCH_SIZE = 4
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zeroes a whole residual branch per sample with probability `rate` while training."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return `x`, or per-sample masked `x / (1 - rate)` when training with rate > 0."""
+        if not train or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        if keep <= 0.0:
+            return jnp.zeros_like(x)
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused q/k/v projection, like torch's nn.MultiheadAttention.
+
+    `in_proj` maps the embedding to [q; k; v] (3 x hidden features, in that order);
+    each head takes a contiguous slice of hidden_dim / num_heads features.
+    """
+
+    num_heads: int
+    attention_dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Self-attention over the sequence axis of (batch, length, hidden) input."""
+        batch, length, hidden = x.shape
+        if hidden % self.num_heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by num_heads={self.num_heads}")
+        head_dim = hidden // self.num_heads
+        qkv = nn.Dense(
+            3 * hidden,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.zeros,
+            name="in_proj",
+        )(x)
+        qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q = q * jnp.asarray(1.0 / np.sqrt(head_dim), q.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        # Softmax in float32 even under bfloat16 compute.
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.attention_dropout, deterministic=not train)(weights)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, hidden)
+        return nn.Dense(hidden, dtype=self.dtype, bias_init=nn.initializers.zeros, name="out_proj")(out)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)), each branch with stochastic depth."""
+
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    attention_dropout: float = 0.0
+    stochastic_depth_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return the block's output, the same shape as `x`."""
+        hidden = x.shape[-1]
+        dense_init = dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(1e-6))
+        y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="ln_1")(x)
+        y = SelfAttention(self.num_heads, self.attention_dropout, dtype=self.dtype, name="self_attention")(y, train)
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        x = x + DropPath(self.stochastic_depth_rate)(y, train)
+
+        y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="ln_2")(x)
+        y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_0", **dense_init)(y)
+        y = nn.gelu(y, approximate=False)
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        y = nn.Dense(hidden, dtype=self.dtype, name="mlp_3", **dense_init)(y)
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        return x + DropPath(self.stochastic_depth_rate)(y, train)
+
+
+class ViT(nn.Module):
+    """Vision Transformer classifier for NHWC images of exactly `image_size` x `image_size` pixels.
+
+    Attributes:
+      num_outputs: number of classes.
+      image_size: input resolution; fixes the position embedding's length to
+        (image_size / patch_size)^2 + 1 tokens (the grid plus the class token).
+      patch_size: side of the square patches (the stride of `conv_proj`).
+      num_layers, num_heads, hidden_dim, mlp_dim: transformer depth and widths.
+      dropout_rate: dropout after the position embedding, after attention and in the MLP.
+      attention_dropout: dropout on the attention weights.
+      stochastic_depth_rate: stochastic depth; block i (of L) drops its residual
+        branches with probability stochastic_depth_rate * i / (L - 1) while training
+        (0 turns it off, as in torchvision).
+      cifar_stem: embed 4x4 patches instead of `patch_size` ones, the usual
+        choice for 32x32 images (an 8x8 token grid). A CIFAR config sets
+        `image_size=32, patch_size=4` (or, equivalently, `image_size=32,
+        cifar_stem=True`); the position embedding must match the input size,
+        so `image_size=32` is needed either way.
+      dtype: compute dtype; parameters stay float32.
+    """
+
+    num_outputs: int
+    image_size: int = 224
+    patch_size: int = 16
+    num_layers: int = 12
+    num_heads: int = 12
+    hidden_dim: int = 768
+    mlp_dim: int = 3072
+    dropout_rate: float = 0.0
+    attention_dropout: float = 0.0
+    stochastic_depth_rate: float = 0.0
+    cifar_stem: bool = False
+    dtype: Any = jnp.float32
+
+    @property
+    def effective_patch_size(self) -> int:
+        """The patch side actually used: 4 with the CIFAR stem, else `patch_size`."""
+        return CIFAR_PATCH_SIZE if self.cifar_stem else self.patch_size
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits of shape (batch, num_outputs) for NHWC input."""
+        p = self.effective_patch_size
+        if self.image_size % p:
+            raise ValueError(f"image_size={self.image_size} is not divisible by the patch size {p}")
+        if x.shape[1:3] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"ViT expects {self.image_size}x{self.image_size} images (its position embedding is sized for "
+                f"image_size={self.image_size}), got {x.shape[1]}x{x.shape[2]}"
+            )
+        x = nn.Conv(
+            self.hidden_dim,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            dtype=self.dtype,
+            kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+            name="conv_proj",
+        )(x)
+        batch = x.shape[0]
+        # Row-major over the patch grid, as torch's reshape of the NCHW map.
+        x = x.reshape(batch, -1, self.hidden_dim)
+        class_token = self.param("class_token", nn.initializers.zeros, (1, 1, self.hidden_dim))
+        x = jnp.concatenate([jnp.broadcast_to(class_token.astype(x.dtype), (batch, 1, self.hidden_dim)), x], axis=1)
+        seq_length = (self.image_size // p) ** 2 + 1
+        pos_embedding = self.param("pos_embedding", nn.initializers.normal(0.02), (1, seq_length, self.hidden_dim))
+        x = x + pos_embedding.astype(x.dtype)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        for i in range(self.num_layers):
+            rate = self.stochastic_depth_rate * i / max(self.num_layers - 1, 1)
+            x = EncoderBlock(
+                self.num_heads,
+                self.mlp_dim,
+                dropout_rate=self.dropout_rate,
+                attention_dropout=self.attention_dropout,
+                stochastic_depth_rate=rate,
+                dtype=self.dtype,
+                name=f"encoder_layer_{i}",
+            )(x, train)
+        x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="encoder_ln")(x)
+        # torchvision zero-initialises the classifier.
+        return nn.Dense(
+            self.num_outputs,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.zeros,
+            bias_init=nn.initializers.zeros,
+            name="head",
+        )(x[:, 0])
+
+
+def _config(patch_size: int, num_layers: int, num_heads: int, hidden_dim: int, mlp_dim: int, **extra: Any) -> dict:
+    return dict(
+        patch_size=patch_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        mlp_dim=mlp_dim,
+        **extra,
+    )
+
+
+# name -> (class, default hyperparameters); collected by jaxdl.models.
+REGISTRY = {
+    "vit_b_16": (ViT, _config(16, 12, 12, 768, 3072)),
+    "vit_b_32": (ViT, _config(32, 12, 12, 768, 3072)),
+    "vit_l_16": (ViT, _config(16, 24, 16, 1024, 4096)),
+    # DeiT/timm's ViT-Ti/16 and ViT-S/16 widths on torchvision's layout.
+    "vit_ti_16": (ViT, _config(16, 12, 3, 192, 768)),
+    "vit_s_16": (ViT, _config(16, 12, 6, 384, 1536)),
+    # A tiny variant for tests: 32x32 images, 8x8 patches, two narrow blocks.
+    "vit_mini": (ViT, _config(8, 2, 2, 32, 64, image_size=32)),
+}
