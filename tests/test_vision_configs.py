@@ -45,3 +45,35 @@ def test_config_trains_one_step_on_mock_data(name, tmp_path):
         results = train.train_and_evaluate(cfg, tmp_path)
     assert results["final_step"] == 1
     assert np.isfinite(results["test"]["loss"])
+
+
+def test_transfer_learning_loads_backbone_replaces_head_and_freezes(tmp_path):
+    """The course's "pre-trained base + new dense head": load torchvision weights, train only the head."""
+    import jax
+    import torch
+    from safetensors.numpy import save_file
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    from jaxdl import convert
+
+    torch.manual_seed(0)
+    backbone = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1000)  # An "ImageNet" head of 1000 classes.
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.numpy() for k, v in backbone.state_dict().items()}, str(path))
+    cfg, _ = _one_step("cifar10_resnet18")
+    cfg.model.kwargs.width = 64  # torchvision's stem width.
+    cfg.model.kwargs.cifar_stem = False  # torchvision's 7x7 stem, so its conv1 loads.
+    cfg.init_from = str(path)
+    cfg.transfer.freeze = "^(?!head/)"  # Everything but the new head.
+    cfg.training.num_steps = 2
+    init_rng = jax.random.split(jax.random.key(cfg.seed))[0]  # The trainer's init key.
+    with tfds.testing.mock_data(num_examples=8):
+        initial_head = jax.jit(train.Experiment(cfg).abstract_state(init_rng)[1])(init_rng).params["head"]["kernel"]
+        train.train_and_evaluate(cfg, tmp_path / "run")
+    params, _ = helpers.saved_params(tmp_path / "run")
+    model = configuration.build_model(cfg)
+    expected = convert.from_torch(model, str(path), input_shape=(1, 32, 32, 3), skip_mismatched=True)["params"]
+    assert "head" not in expected  # 1000 classes do not fit 10: the head keeps its fresh init ...
+    np.testing.assert_array_equal(params["conv1"]["kernel"], expected["conv1"]["kernel"])
+    np.testing.assert_array_equal(params["layer4_0"]["conv2"]["kernel"], expected["layer4_0"]["conv2"]["kernel"])
+    assert not np.allclose(params["head"]["kernel"], initial_head)  # ... and is the only part that trained.
