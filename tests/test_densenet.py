@@ -101,8 +101,8 @@ def test_mismatched_config_names_tensors() -> None:
 
 def test_bfloat16_and_dropout() -> None:
     """bfloat16 compute keeps float32 params; training with dropout is deterministic per key and updates stats."""
-    model = models.create_model("densenet_tiny", num_outputs=5, dtype=jnp.bfloat16, dropout_rate=0.3)
-    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    model = models.create_model("densenet_tiny", num_outputs=5, dtype=jnp.bfloat16, dropout_rate=0.3, cifar_stem=True)
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x))(x)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
 

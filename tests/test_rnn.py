@@ -123,6 +123,48 @@ def test_matches_imported_torch_module(cell: str) -> None:
     assert relative_error(_jit(model)[1](variables, x), expected_logits) < 1e-5
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_gradients_match_torch_autograd(cell: str) -> None:
+    """The hand-written backward pass: weight gradients equal torch's, with padding and both directions."""
+    from flax import traverse_util
+
+    torch_rnn = _torch_module(cell, 3, 5, num_layers=2, bidirectional=True)
+    torch.manual_seed(2)
+    head = torch.nn.Linear(10, 2)
+    rng = np.random.default_rng(0)
+    x, lengths = rng.standard_normal((3, 6, 3)).astype(np.float32), np.array([6, 2, 4])
+    weights = rng.standard_normal((3, 6, 10)).astype(np.float32)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        torch.from_numpy(x), torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
+    )
+    out, h_n = torch_rnn(packed)
+    out = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=6)[0]
+    h_n = h_n[0] if cell == "lstm" else h_n
+    # A loss on every step's output and on the head over the final states reaches all gradient paths.
+    loss = (out * torch.from_numpy(weights)).sum() + (head(torch.cat([h_n[-2], h_n[-1]], -1)) ** 2).sum()
+    loss.backward()
+
+    kwargs = dict(hidden_size=5, num_layers=2, bidirectional=True)
+    seq_model = models.create_model(cell, num_outputs=0, output="sequence", **kwargs)
+    model = models.create_model(cell, num_outputs=2, **kwargs)
+    variables = from_torch_rnn(model, torch_rnn.state_dict(), head=head)
+
+    def loss_fn(params):
+        body = {k: v for k, v in params.items() if k != "head"}
+        out = seq_model.apply({"params": body}, x, lengths=lengths)
+        return jnp.sum(out * weights) + jnp.sum(model.apply({"params": params}, x, lengths=lengths) ** 2)
+
+    grads = traverse_util.flatten_dict(jax.jit(jax.grad(loss_fn))(variables["params"]), sep="/")
+    for name, param in torch_rnn.named_parameters():
+        kind, direction, layer = name.split("_")[0], name.split("_")[1], name.split("_l")[1]
+        path = (
+            f"layer_{layer}/{'input' if direction == 'ih' else 'recurrent'}_{'kernel' if kind == 'weight' else 'bias'}"
+        )
+        expected = param.grad.numpy().T if kind == "weight" else param.grad.numpy()
+        assert relative_error(grads[path], expected) < 1e-5, name
+    assert relative_error(grads["head/kernel"], head.weight.grad.numpy().T) < 1e-5
+
+
 def test_from_torch_with_head_in_state_dict_and_errors() -> None:
     """The generic from_torch reads `head.*` from the same dict; missing or mis-shaped tensors are named."""
     torch_rnn = _torch_module("gru", 2, 4)
@@ -219,7 +261,7 @@ def test_token_ids_use_padding_zero_as_length() -> None:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_bfloat16_compute_float32_params(cell: str) -> None:
-    """bfloat16 compute returns bfloat16 close to float32; params stay float32."""
+    """bfloat16 compute returns bfloat16 close to float32; params and their gradients stay float32."""
     kwargs = dict(num_outputs=3, hidden_size=8, num_layers=2, bidirectional=True)
     x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
     model = models.create_model(cell, dtype=jnp.bfloat16, **kwargs)
@@ -231,18 +273,34 @@ def test_bfloat16_compute_float32_params(cell: str) -> None:
     full = _jit(models.create_model(cell, **kwargs))[1](variables, x, lengths=np.array([5, 3]))
     np.testing.assert_allclose(np.asarray(out, np.float32), full, atol=5e-2)
 
+    def loss(params):
+        return jnp.sum(model.apply({"params": params}, x, lengths=np.array([5, 3])).astype(jnp.float32) ** 2)
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    for leaf in jax.tree_util.tree_leaves(grads):
+        assert leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf))
+
 
 @pytest.mark.parametrize("lengths", [None, np.array([7, 3])])
 def test_unroll_gives_the_same_numbers(lengths) -> None:
-    """Unrolling the scan (also by a factor not dividing T) changes nothing but speed."""
+    """Unrolling the scans (also by a factor not dividing T) changes neither outputs nor gradients."""
     x = np.random.default_rng(0).standard_normal((2, 7, 3)).astype(np.float32)
     kwargs = dict(num_outputs=2, hidden_size=4, bidirectional=True, output="sequence")
-    init, apply = _jit(models.create_model("lstm", **kwargs))
-    variables = init(KEY, x)
-    reference = apply(variables, x, lengths=lengths)
-    # 3 does not divide the 7 steps, so the remainder path runs too.
-    out = _jit(models.create_model("lstm", unroll=3, **kwargs))[1](variables, x, lengths=lengths)
+    plain, unrolled = models.create_model("lstm", **kwargs), models.create_model("lstm", unroll=3, **kwargs)
+    variables = jax.jit(plain.init)(KEY, x)
+
+    def outputs_and_grads(model):
+        def loss(params):
+            out = model.apply({"params": params}, x, lengths=lengths)
+            return jnp.sum(out * jnp.arange(out.size).reshape(out.shape) / out.size), out
+
+        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+
+    # 3 does not divide the 7 steps, so the remainder path runs too (forward and backward scans).
+    reference_grads, reference = outputs_and_grads(plain)
+    grads, out = outputs_and_grads(unrolled)
     np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, reference_grads)
 
 
 def test_shapes_dropout_and_gradients() -> None:

@@ -279,16 +279,20 @@ def test_short_training_then_segment_cli(tmp_path, capsys):
         tagger_line, dictionary_line = lines[2 * k], lines[2 * k + 1]
         assert tagger_line.startswith("tagger: ") and dictionary_line.startswith("dictionary: ")
         ids = jnp.asarray(ws.encode(text)[None].astype(np.float32))
-        tags = np.argmax(np.asarray(model.apply({"params": params}, ids)), axis=-1)[0]
-        assert tagger_line[len("tagger: ") :].split(" | ") == segment.words_from_tags(text, tags)
+        logits = np.asarray(model.apply({"params": params}, ids))[0]
+        words = tagger_line[len("tagger: ") :].split(" | ")
+        assert "".join(words) == text
+        # Word starts where the model says so (near-ties, after 4 steps, may go either way).
+        sure = np.abs(logits[:, 1] - logits[:, 0]) > 1e-3
+        sure[0] = False  # The first character always starts a word.
+        np.testing.assert_array_equal(ws.tags_of(words)[sure], np.argmax(logits, axis=-1)[sure])
+        assert sure.sum() > len(text) // 2
         assert dictionary_line[len("dictionary: ") :].split(" | ") == segment.maximal_matching(text, dictionary)
 
-    assert segment.segment_cli([f"--workdir={workdir}", "--separator=/", texts[0]]) == 0
-    assert "".join(capsys.readouterr().out.strip().split("/")) == texts[0]
     assert segment.segment_cli([f"--workdir={tmp_path / 'missing'}", texts[0]]) == 2
     assert "no config.json" in capsys.readouterr().err
     # The dictionary alone needs no workdir and prints unlabelled lines.
-    assert segment.segment_cli(["--dictionary", texts[0]]) == 0
-    assert capsys.readouterr().out == " | ".join(segment.maximal_matching(texts[0], dictionary)) + "\n"
+    assert segment.segment_cli(["--dictionary", "--separator=/", texts[0]]) == 0
+    assert capsys.readouterr().out == "/".join(segment.maximal_matching(texts[0], dictionary)) + "\n"
     with pytest.raises(SystemExit):
         segment.segment_cli([texts[0]])
