@@ -162,7 +162,8 @@ def test_parse_valid_spec():
     [
         (
             "blur(sigma=1)",
-            "unknown transform 'blur'; choose one of: normalize, random_crop, random_flip, rescale, standardize",
+            "unknown transform 'blur'; choose one of: center_crop, normalize, random_crop, random_flip, "
+            "random_resized_crop, rescale, standardize",
         ),
         ("rescale(0.5)", "cannot parse"),  # Positional arguments are rejected.
         ("rescale(scale=0.5", "cannot parse"),

@@ -57,7 +57,8 @@ def test_unknown_model_message() -> None:
     """An unknown model name gives a one-line error listing choices."""
     with pytest.raises(ValueError) as info:
         create_model("foo", num_outputs=2)
-    assert str(info.value) == ("unknown model 'foo'; choose one of: cnn, logistic_regression, mlp")
+    assert str(info.value) == f"unknown model 'foo'; choose one of: {', '.join(list_models())}"
+    assert "\n" not in str(info.value)
 
 
 def test_unknown_kwarg_names_kwarg_and_fields() -> None:

@@ -387,3 +387,16 @@ def test_predict_ar_is_recursive_and_ar_module_agrees() -> None:
     np.testing.assert_allclose(out, forecasts, rtol=1e-6)
     with pytest.raises(ValueError, match="lags"):
         predict_ar(c, phi, np.zeros((1, 3)))
+
+
+def test_forecast_change_adds_the_last_observed_value():
+    model = models.create_model("lstm", num_outputs=3, hidden_size=4, forecast_change=True)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 1)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    zero_head = jax.tree.map(jnp.zeros_like, variables["params"]["head"])
+    out = model.apply({"params": {**variables["params"], "head": zero_head}}, x)
+    np.testing.assert_allclose(out, np.repeat(np.asarray(x[:, -1, :]), 3, axis=1))
+    shorter = model.apply({"params": {**variables["params"], "head": zero_head}}, x, lengths=jnp.array([3, 5]))
+    np.testing.assert_allclose(shorter[0], np.repeat(np.asarray(x[0, 2]), 3))  # The last *valid* value.
+    with pytest.raises(ValueError, match="forecast_change"):
+        models.create_model("lstm", num_outputs=3, output="sequence", forecast_change=True)

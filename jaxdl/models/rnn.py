@@ -224,6 +224,11 @@ class RecurrentNet(nn.Module):
     returns [B, num_outputs]. `output='sequence'`: the head sees every step's
     output, returning [B, T, num_outputs]. `num_outputs=0` means no head: the
     hidden features themselves are returned.
+
+    `forecast_change=True` (float inputs, `output='last'`): the head predicts the
+    change from the last observed value, which is added back, y = x_T + head(h).
+    A trending series then extrapolates past the range seen in training, which a
+    bounded (tanh) state cannot do on its own.
     """
 
     num_outputs: int
@@ -238,6 +243,7 @@ class RecurrentNet(nn.Module):
     output: str = "last"
     vocab_size: int = 0
     embed_dim: int = 32
+    forecast_change: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
@@ -246,6 +252,8 @@ class RecurrentNet(nn.Module):
             raise ValueError(f"unknown cell {self.cell!r}; choose one of: {', '.join(GATES)}")
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}; choose one of: {', '.join(OUTPUTS)}")
+        if self.forecast_change and (self.output != "last" or self.vocab_size > 0 or self.num_outputs == 0):
+            raise ValueError("forecast_change needs float inputs, output='last' and a head (num_outputs > 0)")
         super().__post_init__()
 
     @nn.compact
@@ -263,6 +271,11 @@ class RecurrentNet(nn.Module):
         # Time-major inside: the scan runs over the leading axis.
         h = jnp.swapaxes(x.astype(self.dtype), 0, 1)
         num_steps = h.shape[0]
+        last_value = (
+            h[-1, :, :1]
+            if lengths is None
+            else jnp.take_along_axis(x, (jnp.asarray(lengths) - 1)[:, None, None], axis=1)[:, 0, :1].astype(self.dtype)
+        )
         mask = None if lengths is None else jnp.arange(num_steps)[:, None] < jnp.asarray(lengths)[None, :]
         directions = (False, True) if self.bidirectional else (False,)
         for k in range(self.num_layers):
@@ -288,7 +301,8 @@ class RecurrentNet(nn.Module):
             features = jnp.swapaxes(h, 0, 1)
         if self.num_outputs == 0:
             return features
-        return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(features)
+        y = nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(features)
+        return y + last_value if self.forecast_change else y
 
 
 # name -> (class, default hyperparameters); collected by jaxdl.models.
