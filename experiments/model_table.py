@@ -8,8 +8,11 @@ compiling: parameters from `jax.eval_shape`, FLOPs from XLA's cost analysis of t
 lowered forward pass (see jaxdl/models/summary.py; one image, train=False).
 When torchvision is installed, its default ImageNet weights' metadata (read
 offline, nothing downloaded) gives the reference parameter count and GFLOPs
-(2 x its published multiply-accumulates); `match` says whether the parameter
-counts agree. Models without an `image_size` field (tabular and sequence models)
+(2 x its published multiply-accumulates). "2 x MACs" counts the same way
+(convolutions and matrix products only, padding included; XLA's count also has
+elementwise work and skips padding taps); `match` says whether the parameter
+counts agree exactly and the 2 x MACs are within 5% of the reference. GoogLeNet
+is counted without its training-only auxiliary heads, as published. Models without an `image_size` field (tabular and sequence models)
 have no fixed input and are listed as skipped.
 """
 
@@ -22,12 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
 from jaxdl import models  # noqa: E402
-from jaxdl.models.summary import params_and_flops  # noqa: E402
+from jaxdl.models.summary import _abstract_variables, _forward, params_and_flops, traced_mac_flops  # noqa: E402
 
 HEADER = (
-    "| model | params | GFLOPs (XLA) | input | reference params | reference GFLOPs | match |\n"
-    "|---|---:|---:|---|---:|---:|:---:|"
+    "| model | params | GFLOPs (XLA) | GFLOPs (2 x MACs) | input | reference params | reference GFLOPs | match |\n"
+    "|---|---:|---:|---:|---|---:|---:|:---:|"
 )
 
 
@@ -53,17 +59,26 @@ def image_models() -> list[str]:
 
 def table_row(name: str) -> str:
     """One markdown row for model `name` (1000 classes, one image at its image_size)."""
-    model = models.create_model(name, num_outputs=1000)
+    # Published counts are of the inference network: GoogLeNet without its training-only auxiliary heads.
+    extra = {"aux_logits": False} if models.model_accepts(name, "aux_logits") else {}
+    model = models.create_model(name, num_outputs=1000, **extra)
     size = model.image_size
     params, flops = params_and_flops(model, (1, size, size, 3))
+    sample = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    macs = traced_mac_flops(_forward(model), _abstract_variables(model, sample), sample)
     reference = torchvision_reference(name)
     if reference is None:
         ref_params, ref_flops, match = "-", "-", "-"
     else:
         ref_params = f"{reference[0]:,}"
         ref_flops = "-" if reference[1] is None else f"{reference[1]:.4g}"
-        match = "✓" if reference[0] == params else "✗"
-    return f"| {name} | {params:,} | {flops / 1e9:.4g} | {size}x{size} | {ref_params} | {ref_flops} | {match} |"
+        # Parameters to the unit; FLOPs (same convention as the reference) within 5%.
+        flops_ok = reference[1] is None or abs(macs / 1e9 / reference[1] - 1) <= 0.05  # Reference in GFLOPs.
+        match = "✓" if reference[0] == params and flops_ok else "✗"
+    return (
+        f"| {name} | {params:,} | {flops / 1e9:.4g} | {macs / 1e9:.4g} | {size}x{size} | "
+        f"{ref_params} | {ref_flops} | {match} |"
+    )
 
 
 def build_table(names: list[str] | None = None) -> str:

@@ -118,13 +118,35 @@ def _load_table_script():
 
 def test_model_table_script(tmp_path):
     out = tmp_path / "table.md"
-    text = _load_table_script().main(["--names", "vit_mini,vit_b_32,mlp", "--out", str(out)])
+    text = _load_table_script().main(["--names", "vit_mini,vit_b_32,googlenet,mlp", "--out", str(out)])
     assert out.read_text() == text
     lines = text.splitlines()
-    assert lines[0].startswith("| model | params | GFLOPs (XLA) | input | reference params |")
+    assert lines[0].startswith("| model | params | GFLOPs (XLA) | GFLOPs (2 x MACs) | input | reference params |")
     mini = next(line for line in lines if line.startswith("| vit_mini |"))
     assert mini.startswith("| vit_mini | 56,904 |") and mini.endswith("| 32x32 | - | - | - |")
     b32 = next(line for line in lines if line.startswith("| vit_b_32 |"))
     published = torchvision.models.ViT_B_32_Weights.IMAGENET1K_V1.meta["num_params"]
     assert f"| 224x224 | {published:,} |" in b32 and b32.endswith("| ✓ |")
+    googlenet = next(line for line in lines if line.startswith("| googlenet |"))
+    assert googlenet.startswith("| googlenet | 6,624,904 |") and googlenet.endswith("| ✓ |")  # Without aux heads.
     assert "Skipped (no image_size, so no fixed input): mlp" in text
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("resnet18", {}),
+        ("resnet50", {}),
+        ("vgg16", {}),
+        ("densenet121", {}),
+        ("googlenet", {"aux_logits": False}),
+        ("efficientnet_b0", {}),
+        ("convnext_tiny", {}),
+        ("vit_b_16", {}),
+    ],
+)
+def test_mac_flops_match_torchvision_published_gmacs_within_half_a_percent(name, kwargs):
+    from jaxdl.models.summary import mac_flops
+
+    published = 2e9 * torchvision.models.get_model_weights(name).DEFAULT.meta["_ops"]
+    assert mac_flops(name, **kwargs) == pytest.approx(published, rel=5e-3)
