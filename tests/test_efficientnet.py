@@ -12,7 +12,8 @@ from torchvision.models import efficientnet as tv_efficientnet
 from torchvision.models._utils import _make_divisible
 
 from jaxdl import convert, models
-from jaxdl.models.efficientnet import EfficientNet, StochasticDepth, make_divisible, mbconv_specs
+from jaxdl.models.efficientnet import EfficientNet, make_divisible, mbconv_specs
+from jaxdl.models.layers import StochasticDepth
 from tests.torch_reference import compare_with_torch
 
 PUBLISHED = [f"efficientnet_b{i}" for i in range(8)]

@@ -10,7 +10,7 @@ import torchvision
 from torchvision.models.vision_transformer import VisionTransformer
 
 from jaxdl import convert, models
-from jaxdl.models.vit import DropPath
+from jaxdl.models.layers import StochasticDepth
 from tests.torch_reference import compare_with_torch
 
 # torchvision's published counts, read offline from the weights metadata.
@@ -143,15 +143,15 @@ def test_bfloat16_and_deterministic_training_mode():
 
 def test_drop_path_drops_whole_samples_and_rescales():
     x = jnp.ones((1000, 3))
-    out = DropPath(0.25).apply({}, x, train=True, rngs={"dropout": jax.random.key(0)})
+    out = StochasticDepth(0.25).apply({}, x, train=True, rngs={"dropout": jax.random.key(0)})
     rows = np.asarray(out)
     kept = rows[:, 0] != 0
     # Each sample is either all zero or all 1 / 0.75.
     np.testing.assert_allclose(rows[kept], 1 / 0.75, rtol=1e-6)
     assert np.all(rows[~kept] == 0)
     assert 0.70 < kept.mean() < 0.80
-    np.testing.assert_array_equal(DropPath(0.25).apply({}, x, train=False), x)
-    assert np.all(np.asarray(DropPath(1.0).apply({}, x, train=True, rngs={"dropout": jax.random.key(0)})) == 0)
+    np.testing.assert_array_equal(StochasticDepth(0.25).apply({}, x, train=False), x)
+    assert np.all(np.asarray(StochasticDepth(1.0).apply({}, x, train=True, rngs={"dropout": jax.random.key(0)})) == 0)
 
 
 def test_stochastic_depth_rate_grows_linearly_with_depth():
@@ -159,7 +159,7 @@ def test_stochastic_depth_rate_grows_linearly_with_depth():
     rates = []
 
     def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, DropPath):
+        if isinstance(context.module, StochasticDepth):
             rates.append(context.module.rate)
         return next_fun(*args, **kwargs)
 

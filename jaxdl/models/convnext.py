@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.models.efficientnet import StochasticDepth
+from jaxdl.models.layers import StochasticDepth
 
 LAYER_NORM_EPSILON = 1e-6
 

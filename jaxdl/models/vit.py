@@ -17,28 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdl.models.layers import StochasticDepth
+
 # torchvision's ViT LayerNorm epsilon.
 _LN_EPS = 1e-6
 # Patch size of the CIFAR (32x32) stem: an 8x8 grid of tokens.
 CIFAR_PATCH_SIZE = 4
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zeroes a whole residual branch per sample with probability `rate` while training."""
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Return `x`, or per-sample masked `x / (1 - rate)` when training with rate > 0."""
-        if not train or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        if keep <= 0.0:
-            return jnp.zeros_like(x)
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
 
 
 class SelfAttention(nn.Module):
@@ -95,7 +79,7 @@ class EncoderBlock(nn.Module):
         y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="ln_1")(x)
         y = SelfAttention(self.num_heads, self.attention_dropout, dtype=self.dtype, name="self_attention")(y, train)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-        x = x + DropPath(self.stochastic_depth_rate)(y, train)
+        x = x + StochasticDepth(self.stochastic_depth_rate)(y, train)
 
         y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="ln_2")(x)
         y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_0", **dense_init)(y)
@@ -103,7 +87,7 @@ class EncoderBlock(nn.Module):
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = nn.Dense(hidden, dtype=self.dtype, name="mlp_3", **dense_init)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-        return x + DropPath(self.stochastic_depth_rate)(y, train)
+        return x + StochasticDepth(self.stochastic_depth_rate)(y, train)
 
 
 class ViT(nn.Module):
