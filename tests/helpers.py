@@ -68,6 +68,16 @@ def saved_params(workdir, kind: str = "checkpoints") -> dict:
     return restored["state"]["params"], step
 
 
+def load_experiment(name: str):
+    """experiments/<name>.py as a module (experiments/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_experiment_{name}", ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
     """Leaves of two pytrees agree within tolerance."""
     import jax

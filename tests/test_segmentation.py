@@ -296,3 +296,8 @@ def test_short_training_then_segment_cli(tmp_path, capsys):
     assert capsys.readouterr().out == "/".join(segment.maximal_matching(texts[0], dictionary)) + "\n"
     with pytest.raises(SystemExit):
         segment.segment_cli([texts[0]])
+
+    # The report scores the dictionary and the tagger on the same test words.
+    report = helpers.load_experiment("segmentation_report").report([str(workdir)], split="test")
+    rows = [line for line in report.splitlines() if line.startswith("| dictionary") or line.startswith("| tagger")]
+    assert len(rows) == 3 and "run, step 4" in rows[-1]
