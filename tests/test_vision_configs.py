@@ -77,3 +77,16 @@ def test_transfer_learning_loads_backbone_replaces_head_and_freezes(tmp_path):
     np.testing.assert_array_equal(params["conv1"]["kernel"], expected["conv1"]["kernel"])
     np.testing.assert_array_equal(params["layer4_0"]["conv2"]["kernel"], expected["layer4_0"]["conv2"]["kernel"])
     assert not np.allclose(params["head"]["kernel"], initial_head)  # ... and is the only part that trained.
+
+
+@pytest.mark.parametrize("tiny", ["googlenet_tiny", "densenet_tiny"])
+def test_families_without_a_shipped_config_train_through_the_loop(tiny, tmp_path):
+    """GoogLeNet's auxiliary losses and DenseNet's concatenations through the real loop, one step."""
+    cfg, _ = _one_step("cifar10_resnet18")
+    cfg.model.name = tiny
+    cfg.model.kwargs = ml_collections.ConfigDict(dict(cifar_stem=True, image_size=32))
+    with tfds.testing.mock_data(num_examples=8):
+        results = train.train_and_evaluate(cfg, tmp_path)
+    assert results["final_step"] == 1 and np.isfinite(results["test"]["loss"])
+    params, _ = helpers.saved_params(tmp_path)
+    assert ("aux1" in params) == (tiny == "googlenet_tiny")  # Aux heads exist (and trained) for GoogLeNet.
