@@ -26,11 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
 from jaxdl import models  # noqa: E402
-from jaxdl.models.summary import _abstract_variables, _forward, params_and_flops, traced_mac_flops  # noqa: E402
+from jaxdl.models.summary import model_mac_flops, params_and_flops  # noqa: E402
 
 HEADER = (
     "| model | params | GFLOPs (XLA) | GFLOPs (2 x MACs) | input | reference params | reference GFLOPs | match |\n"
@@ -67,8 +64,7 @@ def table_row(name: str) -> str:
     model = models.create_model(name, num_outputs=1000, **extra)
     size = model.image_size
     params, flops = params_and_flops(model, (1, size, size, 3))
-    sample = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    macs = traced_mac_flops(_forward(model), _abstract_variables(model, sample), sample)
+    macs = model_mac_flops(model, (1, size, size, 3))
     reference = torchvision_reference(name)
     if reference is None:
         ref_params, ref_flops, match = "-", "-", "-"
@@ -77,8 +73,7 @@ def table_row(name: str) -> str:
         ref_flops = "-" if reference[1] is None else f"{reference[1]:.4g}"
         compared = macs
         if reference[2] != size:  # Compare FLOPs at the resolution the reference was counted at.
-            at = jax.ShapeDtypeStruct((1, reference[2], reference[2], 3), jnp.float32)
-            compared = traced_mac_flops(_forward(model), _abstract_variables(model, at), at)
+            compared = model_mac_flops(model, (1, reference[2], reference[2], 3))
             ref_flops += f" (ours at {reference[2]}px: {compared / 1e9:.4g})"
         # Parameters to the unit; FLOPs (same convention as the reference) within 5%.
         flops_ok = reference[1] is None or abs(compared / 1e9 / reference[1] - 1) <= 0.05  # Reference in GFLOPs.

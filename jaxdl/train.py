@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import itertools
 import json
@@ -272,13 +273,14 @@ class Experiment:
             remainder=self.config.dataset.eval_remainder,
         )
 
+    @functools.cached_property
     def sample_input(self) -> np.ndarray:
-        """One input of the training split, with its batch axis."""
+        """One input of the training split, with its batch axis (read once per run)."""
         return next(iter(self.eval_batches(self.config.dataset.train_split)))["input"][:1]
 
     def abstract_state(self, rng: jax.Array) -> tuple[TrainState, Callable]:
         """State shapes from jax.eval_shape (nothing allocated) and the init function."""
-        sample = self.sample_input()
+        sample = self.sample_input
 
         def init(key):
             variables = self.model.init(key, jnp.asarray(sample), train=False)
@@ -341,7 +343,7 @@ class _Trainer:
             return state
         from jaxdl import convert
 
-        sample_shape = (1, *self.run.sample_input().shape[1:])
+        sample_shape = self.run.sample_input.shape
         loaded = convert.from_torch(self.run.model, config.init_from, input_shape=sample_shape, skip_mismatched=True)
         exclude = re.compile(config.transfer.exclude) if config.transfer.exclude else None
         counts = {"loaded": 0, "kept": 0}

@@ -68,6 +68,16 @@ def saved_params(workdir, kind: str = "checkpoints") -> dict:
     return restored["state"]["params"], step
 
 
+def param_count(name: str, **kwargs) -> int:
+    """Parameters of registered model `name` (1000 classes unless given) at its image_size; eval_shape only."""
+    from jaxdl import convert, models
+
+    kwargs.setdefault("num_outputs", 1000)
+    model = models.create_model(name, **kwargs)
+    shape = (1, model.image_size, model.image_size, 3)
+    return models.count_params(convert.abstract_variables(model, shape)["params"])
+
+
 def load_experiment(name: str):
     """experiments/<name>.py as a module (experiments/ is not a package)."""
     import importlib.util

@@ -10,6 +10,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from jaxdl import convert, models
 from jaxdl.models.resnet import ResNet
+from tests import helpers
 from tests.torch_reference import compare_with_torch
 
 # The "rbg" generator compiles much faster on CPU than the default threefry, keeping init cheap.
@@ -24,24 +25,17 @@ PUBLISHED = {
 }
 
 
-def param_count(name: str, **kwargs) -> int:
-    """Parameters of registered model `name` at its reference resolution (eval_shape only)."""
-    model = models.create_model(name, **kwargs)
-    shape = (1, model.image_size, model.image_size, 3)
-    return models.count_params(convert.abstract_variables(model, shape)["params"])
-
-
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_param_counts(name: str) -> None:
     """Each ResNet has torchvision's published number of parameters at 1000 classes."""
-    assert param_count(name, num_outputs=1000) == PUBLISHED[name].IMAGENET1K_V1.meta["num_params"]
+    assert helpers.param_count(name, num_outputs=1000) == PUBLISHED[name].IMAGENET1K_V1.meta["num_params"]
 
 
 def test_resnet50_count_is_the_published_one() -> None:
     """The issue's headline number, checked against torchvision's weights enum."""
     published = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["num_params"]
     assert published == 25_557_032
-    assert param_count("resnet50", num_outputs=1000) == published
+    assert helpers.param_count("resnet50", num_outputs=1000) == published
 
 
 @pytest.mark.parametrize(("plain", "residual"), [("plain18", "resnet18"), ("plain34", "resnet34")])
@@ -51,8 +45,8 @@ def test_plain_nets_have_no_shortcut(plain: str, residual: str) -> None:
     shortcut = sum(p.numel() for n, p in torch_model.named_parameters() if ".downsample." in n)
     total = sum(p.numel() for p in torch_model.parameters())
     assert shortcut > 0
-    assert param_count(plain, num_outputs=1000) == total - shortcut
-    assert param_count(residual, num_outputs=1000) == total
+    assert helpers.param_count(plain, num_outputs=1000) == total - shortcut
+    assert helpers.param_count(residual, num_outputs=1000) == total
     model = models.create_model(plain, num_outputs=1000)
     params = convert.abstract_variables(model, (1, 224, 224, 3))["params"]
     paths = ["/".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]

@@ -11,6 +11,7 @@ from torchvision.models.vgg import make_layers
 
 from jaxdl import convert, models
 from jaxdl.models.vgg import VGG, adaptive_avg_pool
+from tests import helpers
 from tests.torch_reference import compare_with_torch
 
 # The "rbg" generator compiles much faster on CPU than the default threefry, keeping init cheap.
@@ -32,24 +33,17 @@ SMALL_CFG = [8, "M", 16, "M", 512, "M"]
 HIDDEN = 32
 
 
-def param_count(name: str, **kwargs) -> int:
-    """Parameters of registered model `name` at its reference resolution (eval_shape only)."""
-    model = models.create_model(name, **kwargs)
-    shape = (1, model.image_size, model.image_size, 3)
-    return models.count_params(convert.abstract_variables(model, shape)["params"])
-
-
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_param_counts(name: str) -> None:
     """Each VGG has torchvision's published number of parameters at 1000 classes."""
-    assert param_count(name, num_outputs=1000) == PUBLISHED[name].IMAGENET1K_V1.meta["num_params"]
+    assert helpers.param_count(name, num_outputs=1000) == PUBLISHED[name].IMAGENET1K_V1.meta["num_params"]
 
 
 def test_vgg16_count_is_the_published_one() -> None:
     """The issue's headline number, checked against torchvision's weights enum."""
     published = torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["num_params"]
     assert published == 138_357_544
-    assert param_count("vgg16", num_outputs=1000) == published
+    assert helpers.param_count("vgg16", num_outputs=1000) == published
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (2, 3), (4, 4), (5, 9), (7, 7), (10, 13), (14, 14), (17, 6)])

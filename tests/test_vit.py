@@ -11,6 +11,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from jaxdl import convert, models
 from jaxdl.models.layers import StochasticDepth
+from tests import helpers
 from tests.torch_reference import compare_with_torch
 
 # torchvision's published counts, read offline from the weights metadata.
@@ -24,19 +25,13 @@ BUILT = {"vit_ti_16": (16, 12, 3, 192, 768), "vit_s_16": (16, 12, 6, 384, 1536)}
 MINI = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
 
 
-def _params(name: str, **kwargs) -> int:
-    model = models.create_model(name, num_outputs=1000, **kwargs)
-    size = model.image_size
-    return models.count_params(convert.abstract_variables(model, (1, size, size, 3))["params"])
-
-
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_param_counts(name):
-    assert _params(name) == PUBLISHED[name].meta["num_params"]
+    assert helpers.param_count(name) == PUBLISHED[name].meta["num_params"]
 
 
 def test_vit_b_16_count_is_the_expected_number():
-    assert _params("vit_b_16") == 86_567_656
+    assert helpers.param_count("vit_b_16") == 86_567_656
 
 
 @pytest.mark.parametrize("name", sorted(BUILT))
@@ -44,7 +39,7 @@ def test_param_counts_of_torchvision_built_equivalents(name):
     patch, layers, heads, hidden, mlp = BUILT[name]
     with torch.device("meta"):  # shapes only, nothing allocated
         reference = VisionTransformer(224, patch, layers, heads, hidden, mlp, num_classes=1000)
-    assert _params(name) == sum(p.numel() for p in reference.parameters())
+    assert helpers.param_count(name) == sum(p.numel() for p in reference.parameters())
 
 
 def test_image_size_sets_the_position_embedding_length():
@@ -53,7 +48,7 @@ def test_image_size_sets_the_position_embedding_length():
     assert params["pos_embedding"].shape == (1, (384 // 16) ** 2 + 1, 768)
     # torchvision's 384px SWAG weights differ from the 224px ones only in the position embedding and head.
     assert (
-        _params("vit_b_16", image_size=384)
+        helpers.param_count("vit_b_16", image_size=384)
         == torchvision.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1.meta["num_params"]
     )
 

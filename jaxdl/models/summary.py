@@ -35,6 +35,8 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdl.convert import abstract_variables
+
 
 @dataclasses.dataclass
 class LayerRow:
@@ -147,8 +149,14 @@ def mac_flops(name: str, input_size: int | Sequence[int] | None = None, **kwargs
 
     kwargs.setdefault("num_outputs", 1000)
     model = models.create_model(name, **kwargs)
-    sample = jax.ShapeDtypeStruct(_input_shape(model, input_size), jnp.float32)
-    return traced_mac_flops(_forward(model), _abstract_variables(model, sample), sample)
+    return model_mac_flops(model, _input_shape(model, input_size))
+
+
+def model_mac_flops(model: nn.Module, input_shape: Sequence[int]) -> float:
+    """2 x multiply-accumulates of `model`'s forward pass (train=False) on an input of `input_shape`."""
+    shape = tuple(int(d) for d in input_shape)
+    sample = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return traced_mac_flops(_forward(model), abstract_variables(model, shape), sample)
 
 
 def _call_flops(module: nn.Module, method: str, variables: Any, args: tuple, kwargs: dict) -> float:
@@ -175,7 +183,7 @@ def analyze(model: nn.Module, input_shape: Sequence[int], name: str | None = Non
     """
     input_shape = tuple(int(d) for d in input_shape)
     sample = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-    variables = _abstract_variables(model, sample)
+    variables = abstract_variables(model, input_shape)
     calls: list[tuple[str, nn.Module, str, tuple, dict, Any]] = []
 
     def record(next_fun, args, kwargs, context):
@@ -233,14 +241,10 @@ def _forward(model: nn.Module) -> Callable:
     return lambda variables, x: model.apply(variables, x, train=False)
 
 
-def _abstract_variables(model: nn.Module, sample: jax.ShapeDtypeStruct) -> Any:
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), sample)
-
-
 def params_and_flops(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, float]:
     """`model`'s parameter count and forward FLOPs (train=False) for an input of `input_shape`."""
     sample = jax.ShapeDtypeStruct(tuple(int(d) for d in input_shape), jnp.float32)
-    variables = _abstract_variables(model, sample)
+    variables = abstract_variables(model, sample.shape)
     return _size(variables.get("params", {})), lowered_flops(_forward(model), variables, sample)
 
 
@@ -281,6 +285,7 @@ __all__ = [
     "flops",
     "lowered_flops",
     "mac_flops",
+    "model_mac_flops",
     "params_and_flops",
     "summary",
     "traced_mac_flops",
