@@ -36,10 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.aux_loss_weight = 0.3
 
     config.task = ml_collections.ConfigDict()
-    config.task.name = "classification"  # classification | regression | forecasting (time series)
+    config.task.name = "classification"  # classification | regression | forecasting (time series) | tagging
     config.task.num_classes = 10  # Classification only; 2 means one logit, sigmoid loss.
     config.task.num_targets = 1  # Regression only.
     config.task.label_smoothing = 0.0  # Classification training loss only; eval loss is plain.
+    # Forecasting only: the model predicts the change from the window's last value (y = x_T + output).
+    config.task.predict_change = False
 
     config.dataset = ml_collections.ConfigDict()
     # A jaxdl builder (digits, breast_cancer, diabetes; time series sunspots, co2),
@@ -102,6 +104,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.training.checkpoint_every_steps = 100
     config.training.keep_checkpoints = 2  # Latest K; the best is kept apart.
     config.training.early_stopping_patience = 0  # Evaluations without improvement; 0: off.
+    # The validation metric that picks the best checkpoint (and drives early stopping),
+    # e.g. "val/accuracy"; empty: the task's choice (val/loss for every current task).
+    # Its direction (higher or lower is better) comes from the task.
+    config.training.best_metric = ""
     config.training.progress_bar = True
 
     config.parallel = ml_collections.ConfigDict()

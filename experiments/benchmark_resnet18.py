@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxdl import configuration, models, tasks, train  # noqa: E402
+from jaxdl import configuration, experiment, models, tasks, train  # noqa: E402
 from jaxdl.state import TrainState  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,8 +162,8 @@ def imagenet_compile_times(per_device_batch: int = 8) -> dict:
     times = {}
     for path in sorted((ROOT / "configs").glob("imagenet_*.py")):
         config = configuration.load_config(path)
-        task = tasks.get_task(config.task, config.dataset)
-        model = configuration.build_model(config)
+        task = tasks.build_task(config)
+        model = experiment.build_model(config, task)
         size = model.image_size
         x = jax.ShapeDtypeStruct((per_device_batch, size, size, 3), jnp.float32)
         y = jax.ShapeDtypeStruct((per_device_batch,), jnp.int32)
@@ -178,7 +178,7 @@ def imagenet_compile_times(per_device_batch: int = 8) -> dict:
             )
 
         state = jax.eval_shape(init, jax.random.key(0))
-        step = jax.jit(train.make_train_step(task, train.StepOptions.from_config(config)))
+        step = jax.jit(train.make_train_step(task, train.StepOptions.from_config(config, task)))
         start = time.perf_counter()
         step.lower(state, {"input": x, "target": y}, jax.random.key(0)).compile()
         times[path.stem] = time.perf_counter() - start

@@ -65,9 +65,8 @@ def pipeline_overhead(config_path: str, steps: int, repeats: int = 5, worker_cou
     config = configuration.load_config(config_path)
     run = train.Experiment(config)
     rng = jax.random.key(config.seed)
-    _, init = run.abstract_state(rng)
-    state = run.strategy.put_state(jax.jit(init)(rng))
-    step = run.strategy.compile_train(train.make_train_step(run.task))
+    state = run.fresh_state(rng)
+    step = run.train_step
     loader = pipeline.train_loader(
         run.splits, global_batch_size=config.training.batch_size, seed=config.seed, worker_count=worker_count
     )

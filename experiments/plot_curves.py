@@ -18,12 +18,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 try:
-    from jaxdl.logging import read_metrics
+    from jaxdl.runlog import read_metrics
 except ImportError:
     # Run as `python experiments/plot_curves.py` from a checkout that is not
     # pip-installed: the repository root is then missing from sys.path.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from jaxdl.logging import read_metrics
+    from jaxdl.runlog import read_metrics
 
 SUBPLOT_WIDTH_IN = 5.0
 SUBPLOT_HEIGHT_IN = 3.5

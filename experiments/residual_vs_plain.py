@@ -25,8 +25,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 
-from jaxdl import configuration, train  # noqa: E402
-from jaxdl import logging as jlog  # noqa: E402
+from jaxdl import (  # noqa: E402
+    configuration,
+    runlog,  # noqa: E402
+    train,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NETS = ("plain18", "plain34", "resnet18", "resnet34")
@@ -55,7 +58,7 @@ def curves(workdir: Path) -> dict[str, tuple[list[int], list[float]]]:
     """(steps, values) of train/loss and val/loss from a workdir's metrics.jsonl."""
     out = {}
     for key in ("train/loss", "val/loss"):
-        rows = [(r["step"], r[key]) for r in jlog.read_metrics(workdir) if key in r]
+        rows = [(r["step"], r[key]) for r in runlog.read_metrics(workdir) if key in r]
         out[key] = ([s for s, _ in rows], [v for _, v in rows])
     return out
 
@@ -117,7 +120,7 @@ def main(argv=None) -> dict:
         workdir = out / name
         result = train.train_and_evaluate(config, workdir)
         results[name] = {**result, "curves": curves(workdir)}
-        print(f"{name}: test {jlog.format_metrics(result['test'])}", flush=True)
+        print(f"{name}: test {runlog.format_metrics(result['test'])}", flush=True)
     plot(results, out / "residual_vs_plain.png")
     text = table(results)
     (out / "residual_vs_plain.md").write_text(text + "\n")

@@ -41,7 +41,7 @@ except ImportError:
     # Run as `python experiments/tune_lstm.py` from a checkout that is not pip-installed.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from jaxdl import configuration
-from jaxdl.logging import read_metrics  # noqa: E402
+from jaxdl.runlog import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PANEL_WIDTH_IN, PANEL_HEIGHT_IN, MAX_COLUMNS, DPI = 4.2, 3.0, 4, 100

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxdl.errors import check_at_least, check_fraction
+
 
 @dataclasses.dataclass(frozen=True)
 class MixConfig:
@@ -29,6 +31,10 @@ class MixConfig:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> MixConfig:
+        """From config.augment; bad values raise a ConfigError naming the key."""
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            check_at_least(f"augment.{key}", config[key], 0)
+        check_fraction("augment.switch_prob", config.switch_prob, closed=True)
         return cls(config.mixup_alpha, config.cutmix_alpha, config.switch_prob)
 
     @property
@@ -63,6 +69,8 @@ def mix(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Mixed images [B, H, W, C] and soft targets [B, K]; also returns the batch's lambda."""
     k_switch, k_mixup, k_cutmix, k_box = jax.random.split(rng, 4)
+    if not jnp.issubdtype(images.dtype, jnp.floating):  # uint8 images: blend in float.
+        images = images.astype(jnp.float32)
     partner_images, partner_targets = images[::-1], targets[::-1]
     candidates = []
     if config.mixup_alpha > 0:

@@ -5,6 +5,11 @@ Each checkpoint holds three items: `state` (params, batch_stats, opt_state, step
 `meta` (JSON: best validation loss so far, early-stopping counter). The best
 checkpoint lives in its own manager, so keeping it never evicts a checkpoint
 needed to resume.
+
+`Checkpoints` is the one restore path: training resumes through
+`restore_latest`, picks its test state through `restore_best`, and everything
+that only needs a trained model (jaxdl-eval, jaxdl-segment, the benchmarks,
+the tests) calls `restore_variables`.
 """
 
 from __future__ import annotations
@@ -17,15 +22,17 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from jaxdl.errors import WorkdirError
+
 log = logging.getLogger(__name__)
 
 
-def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+def _manager(directory: Path, keep: int, create: bool = True) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         directory.absolute(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            create=True,
+            create=create,
             # Synchronous saves: a SIGTERM or crash right after save() loses nothing.
             enable_async_checkpointing=False,
         ),
@@ -41,13 +48,24 @@ def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def _first_local_device() -> jax.sharding.Sharding:
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
 class Checkpoints:
     """The latest and best checkpoints of one workdir."""
 
     def __init__(self, workdir: str | Path, keep: int = 2):
         workdir = Path(workdir)
+        self.workdir = workdir
         self.latest = _manager(workdir / "checkpoints", keep)
         self.best = _manager(workdir / "best", 1)
+
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @staticmethod
     def _save(manager, step, state_tree, data_iterator, meta) -> None:
@@ -102,7 +120,7 @@ class Checkpoints:
             self._set_aside([step for step, _ in failed])
             return restored
         if failed:
-            raise RuntimeError(
+            raise WorkdirError(
                 f"no checkpoint in {self.latest.directory} can be restored (newest: step {failed[0][0]}, "
                 f"{failed[0][1]}); use a new workdir or the config the run was started with"
             )
@@ -128,7 +146,42 @@ class Checkpoints:
             return None
         return self._restore(self.best, step, state_tree, shardings, None)
 
+    def restore_any(self, state_tree=None, shardings=None, kinds=("best", "latest")) -> tuple[Any, dict, int]:
+        """The state of the first of `kinds` ('best', 'latest') that holds a checkpoint: (state tree, meta, step).
+
+        Without `state_tree` the saved shapes are read from the checkpoint and
+        restored onto this process's first device (`shardings` is then ignored).
+        """
+        for manager in (getattr(self, kind) for kind in kinds):
+            step = manager.latest_step()
+            if step is None:
+                continue
+            if state_tree is None:
+                state_tree = manager.item_metadata(step)["state"]
+                shardings = jax.tree.map(lambda _: _first_local_device(), state_tree)
+            state, meta = self._restore(manager, step, state_tree, shardings, None)
+            return state, meta, int(step)
+        raise WorkdirError(f"{self.workdir} holds no checkpoint to restore")
+
     def close(self) -> None:
         """Waits for pending writes and releases the managers."""
         self.latest.close()
         self.best.close()
+
+
+def restore_variables(workdir: str | Path, kinds=("best", "latest")) -> tuple[dict, int]:
+    """Model variables ({'params', 'batch_stats' if any}) of a workdir's best checkpoint, else its latest.
+
+    `kinds` picks the order ('best', 'latest'; one of them alone restricts to it).
+    Restored onto this process's first device, with the shapes the checkpoint
+    holds; returns (variables, step). A workdir without checkpoints is a WorkdirError.
+    """
+    workdir = Path(workdir)
+    if not (workdir / "checkpoints").is_dir() and not (workdir / "best").is_dir():
+        raise WorkdirError(f"{workdir} holds no checkpoint to restore: is it a jaxdl workdir?")
+    with Checkpoints(workdir) as checkpoints:
+        state, _, step = checkpoints.restore_any(kinds=kinds)
+    variables = {"params": state["params"]}
+    if state.get("batch_stats"):
+        variables["batch_stats"] = state["batch_stats"]
+    return variables, step

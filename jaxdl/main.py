@@ -3,8 +3,10 @@
   jaxdl-train --config=configs/digits_cnn.py --workdir=runs/digits [--config.key=value ...]
   jaxdl-eval --workdir=runs/digits [--split=test]
 
-Flags are parsed here and nothing else happens here: config errors are printed
-as one line (exit code 2) before any compute.
+Flags are parsed here and nothing else happens here. Every error a user can
+cause (a `jaxdl.errors.UserError`: config, file, workdir, data) is printed as one
+line, with exit code 2 for config and workdir problems and 1 for the rest; a
+traceback means a bug in jaxdl.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from jaxdl import configuration
+from jaxdl.errors import UserError
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -48,20 +51,18 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
         from jaxdl import train  # Imported late: flag errors need no JAX start-up.
 
         result = train.train_and_evaluate(config, args.workdir)
-    except configuration.ConfigError as error:
-        print(f"jaxdl-train: error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        from jaxdl.data.datasets import DatasetNotPreparedError
-        from jaxdl.train import NonFiniteLossError
-
-        if isinstance(error, (DatasetNotPreparedError, NonFiniteLossError)):
-            print(f"jaxdl-train: error: {error}", file=sys.stderr)
-            return 1
-        raise
+    except UserError as error:
+        return report(parser.prog, error)
     if "test" in result:
         print(json.dumps(result["test"], indent=2))
     return 0
+
+
+def report(prog: str, error: UserError) -> int:
+    """Prints a user error as one line on stderr; returns its exit code."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return error.exit_code
 
 
 def eval_cli(argv: Sequence[str] | None = None) -> int:
@@ -75,9 +76,8 @@ def eval_cli(argv: Sequence[str] | None = None) -> int:
 
     try:
         metrics = train.evaluate_workdir(args.workdir, args.split)
-    except (FileNotFoundError, RuntimeError, configuration.ConfigError) as error:
-        print(f"jaxdl-eval: error: {error}", file=sys.stderr)
-        return 2
+    except UserError as error:
+        return report(parser.prog, error)
     print(json.dumps(metrics, indent=2))
     return 0
 

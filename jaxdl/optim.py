@@ -1,4 +1,4 @@
-"""Optax optimizer and learning-rate schedule from the config."""
+"""Optax optimizer and learning-rate schedule from the config; each builder checks its own keys."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import re
 import jax
 import ml_collections
 import optax
+
+from jaxdl.errors import ConfigError, check_at_least, check_choice
 
 
 def path_name(path) -> str:
@@ -40,6 +42,16 @@ def build_schedule(config: ml_collections.ConfigDict, num_updates: int) -> optax
     """
     peak = config.optimizer.learning_rate
     sched = config.schedule
+    check_choice("schedule.name", sched.name, SCHEDULES)
+    check_at_least("schedule.warmup_steps", sched.warmup_steps, 0)
+    if sched.name == "exponential" and not 0 < sched.decay_every <= 1:
+        raise ConfigError(
+            f"config.schedule.decay_every={sched.decay_every} is not valid; it must be a fraction in (0, 1]"
+        )
+    if sched.name == "step" and any(not 0 < b < 1 for b in sched.decay_boundaries):
+        raise ConfigError(
+            f"config.schedule.decay_boundaries={sched.decay_boundaries} is not valid; each must be a fraction in (0, 1)"
+        )
     warmup = min(sched.warmup_steps, max(num_updates - 1, 0))
     remaining = max(num_updates - warmup, 1)
     if sched.name == "constant":
@@ -67,6 +79,11 @@ def build_optimizer(
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The configured optimizer and its schedule (the schedule is also logged)."""
     opt = config.optimizer
+    check_choice("optimizer.name", opt.name, OPTIMIZERS)
+    check_at_least("optimizer.learning_rate", opt.learning_rate, 0, strict=True)
+    for key in ("weight_decay", "grad_clip_norm"):
+        check_at_least(f"optimizer.{key}", opt[key], 0)
+    check_at_least("optimizer.grad_accum_steps", opt.grad_accum_steps, 1)
     schedule = build_schedule(config, num_updates)
     if opt.name == "sgd":
         base = optax.sgd(schedule)
@@ -90,6 +107,10 @@ def build_optimizer(
     tx = optax.chain(*parts, base) if parts else base
     freeze = config.transfer.get("freeze", "") if "transfer" in config else ""
     if freeze:
+        try:
+            re.compile(freeze)
+        except re.error as error:
+            raise ConfigError(f"config.transfer.freeze='{freeze}' is not a valid regex: {error}") from None
         # Frozen params get zero updates and no optimizer state; the rest train as configured.
         tx = optax.multi_transform(
             {"train": tx, "frozen": optax.set_to_zero()},

@@ -4,7 +4,8 @@ Both strategies take the same pure step functions. Under `jit` the batch is one
 global array sharded over the `data` axis and XLA inserts the collectives, so
 BatchNorm sees the global batch. Under `pmap` each device runs the step on its
 slice and the step itself averages gradients and syncs BatchNorm over the
-`batch` axis name.
+`batch` axis name: the strategy traces the step inside
+`jaxdl.models.layers.batch_norm_axis`, so models never carry the axis name.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from jaxdl.errors import ConfigError, check_at_least, check_choice
+from jaxdl.models.layers import batch_norm_axis
 
 PMAP_AXIS = "batch"
 
@@ -45,15 +49,41 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 def make_mesh(num_devices: int = 0) -> Mesh:
     """A 1-D `data` mesh over all devices, or over the first `num_devices` (one process only)."""
     devices = jax.devices()
+    check_at_least("parallel.num_devices", num_devices, 0)
     if num_devices:
         if jax.process_count() > 1:
-            raise ValueError("config.parallel.num_devices must be 0 in a multi-process run")
+            raise ConfigError("config.parallel.num_devices must be 0 in a multi-process run")
         if num_devices > len(devices):
-            raise ValueError(
-                f"config.parallel.num_devices={num_devices} is not valid; only {len(devices)} devices exist"
+            raise ConfigError(
+                f"config.parallel.num_devices={num_devices} is not valid; only {len(devices)} "
+                f"device{'s' if len(devices) > 1 else ''} exist{'' if len(devices) > 1 else 's'} here"
             )
         devices = devices[:num_devices]
     return Mesh(np.array(devices), ("data",))
+
+
+def build_mesh(config: ml_collections.ConfigDict, batch_size: int) -> Mesh:
+    """The mesh of a `parallel` config; the global `batch_size` must split evenly over it."""
+    check_choice("parallel.strategy", config.strategy, ("jit", "pmap"))
+    mesh = make_mesh(config.num_devices)
+    check_at_least("training.batch_size", batch_size, 1)
+    if batch_size % mesh.size:
+        raise ConfigError(
+            f"config.training.batch_size={batch_size} is not divisible by the "
+            f"{mesh.size} devices; choose a multiple of {mesh.size}"
+        )
+    return mesh
+
+
+def _synced(step: Callable) -> Callable:
+    """`step` with axis_name set, traced where BatchNorm averages its statistics over the devices."""
+
+    @functools.wraps(step)
+    def traced(*args):
+        with batch_norm_axis(PMAP_AXIS):
+            return step(*args, axis_name=PMAP_AXIS)
+
+    return traced
 
 
 class JitStrategy:
@@ -104,7 +134,7 @@ class PmapStrategy:
 
     def __init__(self, mesh: Mesh):
         if jax.process_count() > 1:
-            raise ValueError("config.parallel.strategy='pmap' is supported in single-process runs; use 'jit'")
+            raise ConfigError("config.parallel.strategy='pmap' is supported in single-process runs; use 'jit'")
         self.mesh = mesh
         self.devices = list(mesh.devices.flat)
         self.stacked = NamedSharding(mesh, P("data"))
@@ -133,7 +163,7 @@ class PmapStrategy:
     def compile_train(self, step: Callable) -> Callable:
         """pmap with the state donated; gradients are averaged inside the step."""
         return jax.pmap(
-            functools.partial(step, axis_name=PMAP_AXIS),
+            _synced(step),
             axis_name=PMAP_AXIS,
             devices=self.devices,
             in_axes=(0, 0, None),
@@ -142,7 +172,7 @@ class PmapStrategy:
 
     def compile_eval(self, step: Callable) -> Callable:
         """pmap of an evaluation step; sums are psum-med inside the step."""
-        return jax.pmap(functools.partial(step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, devices=self.devices)
+        return jax.pmap(_synced(step), axis_name=PMAP_AXIS, devices=self.devices)
 
     def unreplicate_metrics(self, metrics):
         """Every device holds the same reduced metrics: keep the first."""
@@ -155,4 +185,4 @@ def make_strategy(name: str, mesh: Mesh) -> JitStrategy | PmapStrategy:
         return JitStrategy(mesh)
     if name == "pmap":
         return PmapStrategy(mesh)
-    raise ValueError(f"unknown parallel strategy '{name}'; choose one of: jit, pmap")
+    raise ConfigError(f"config.parallel.strategy='{name}' is not valid; choose one of: jit, pmap")

@@ -218,17 +218,15 @@ class Tagger:
     def __init__(self, workdir: str | Path, batch_size: int = 256):
         import jax
 
-        from jaxdl import configuration
+        from jaxdl import checkpoint, configuration, experiment, tasks
+        from jaxdl.errors import WorkdirError
 
         workdir = Path(workdir)
-        path = workdir / "config.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{workdir} holds no config.json: is it a jaxdl workdir?")
-        self.config = configuration.read_config(path)
+        self.config = configuration.read_config(workdir / "config.json")
         if self.config.task.name != "tagging":
-            raise ValueError(f"{workdir} was trained for task '{self.config.task.name}', not 'tagging'")
-        self.model = configuration.build_model(self.config)
-        self.variables, self.step = _restore_variables(workdir)
+            raise WorkdirError(f"{workdir} was trained for task '{self.config.task.name}', not 'tagging'")
+        self.model = experiment.build_model(self.config, tasks.build_task(self.config))
+        self.variables, self.step = checkpoint.restore_variables(workdir)
         self.batch_size = batch_size
         self._apply = jax.jit(lambda variables, x: self.model.apply(variables, x, train=False))
 
@@ -241,7 +239,7 @@ class Tagger:
             batch = texts[first : first + self.batch_size]
             # Lengths rounded up to a multiple of the training length: few shapes to compile.
             width = max(ws.MAX_LEN, -(-max(len(t) for t in batch) // ws.MAX_LEN) * ws.MAX_LEN)
-            ids = np.zeros((self.batch_size, width), np.float32)  # Float ids, as the pipeline feeds them.
+            ids = np.zeros((self.batch_size, width), np.int32)
             for row, text in enumerate(batch):
                 ids[row, : len(text)] = ws.encode(text)
             predicted = np.asarray(np.argmax(self._apply(self.variables, ids), axis=-1))
@@ -251,36 +249,6 @@ class Tagger:
     def segment(self, texts: Sequence[str]) -> list[list[str]]:
         """Each text cut into words where the tagger predicts a word start."""
         return [words_from_tags(text, tags) for text, tags in zip(texts, self.tags(texts), strict=True)]
-
-
-def _restore_variables(workdir: Path) -> tuple[dict, int]:
-    """Model variables (params, batch_stats if any) of the best checkpoint, else the latest."""
-    import grain
-    import jax
-    import orbax.checkpoint as ocp
-
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    for kind in ("best", "checkpoints"):
-        directory = workdir.absolute() / kind
-        if not directory.is_dir():
-            continue
-        handlers = {  # All items of a jaxdl checkpoint (see jaxdl.checkpoint); only `state` is read.
-            "state": ocp.StandardCheckpointHandler(),
-            "data": grain.checkpoint.CheckpointHandler(),
-            "meta": ocp.JsonCheckpointHandler(),
-        }
-        with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
-            step = manager.latest_step()
-            if step is None:
-                continue
-            metadata = manager.item_metadata(step)["state"]
-            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-        variables = {"params": state["params"]}
-        if state.get("batch_stats"):
-            variables["batch_stats"] = state["batch_stats"]
-        return variables, int(step)
-    raise FileNotFoundError(f"{workdir} holds no checkpoint to restore")
 
 
 def training_dictionary() -> Dictionary:
@@ -307,11 +275,13 @@ def segment_cli(argv: Sequence[str] | None = None) -> int:
     texts = [t for t in texts if t]
     segmenters = {}
     if args.workdir is not None:
+        from jaxdl.errors import UserError
+        from jaxdl.main import report
+
         try:
             tagger = Tagger(args.workdir)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"jaxdl-segment: error: {error}", file=sys.stderr)
-            return 2
+        except UserError as error:
+            return report(parser.prog, error)
         segmenters["tagger"] = tagger.segment(texts)
     if args.dictionary:
         dictionary = training_dictionary()

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from jaxdl import configuration
+from jaxdl import checkpoint, configuration
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +39,23 @@ def tiny_cnn(**overrides) -> ml_collections.ConfigDict:
     return config("digits_cnn", **{**TINY_CNN, **overrides})
 
 
+def build_without_data(cfg: ml_collections.ConfigDict) -> None:
+    """Runs every builder that needs no dataset (task, step options, model, optimizer, transforms).
+
+    For full-size configs whose dataset is not prepared here; each raises its
+    one-line ConfigError on a bad key.
+    """
+    from jaxdl import experiment, optim, steps, tasks
+    from jaxdl.data import pipeline
+
+    task = tasks.build_task(cfg)
+    steps.StepOptions.from_config(cfg, task)
+    experiment.build_model(cfg, task)
+    experiment.best_metric(cfg, task)
+    optim.build_optimizer(cfg, 100)
+    pipeline.Splits(cfg.dataset)
+
+
 def cli_args(**overrides) -> list[str]:
     """`jaxdl-train` arguments for the tiny CNN with `overrides`."""
     merged = {**TINY_CNN, "training__progress_bar": "false", **overrides}
@@ -54,28 +70,20 @@ def metrics_lines(workdir) -> list[dict]:
     return [{k: v for k, v in line.items() if k != "steps_per_sec"} for line in lines]
 
 
-def saved_params(workdir, kind: str = "checkpoints") -> dict:
-    """Params of the newest checkpoint in workdir/<kind>, restored onto one local device."""
-    import jax
-
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    handlers = {"state": ocp.StandardCheckpointHandler()}
-    with ocp.CheckpointManager(Path(workdir).absolute() / kind, item_handlers=handlers) as manager:
-        step = manager.latest_step()
-        metadata = manager.item_metadata(step)["state"]
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    return restored["state"]["params"], step
+def saved_params(workdir, kind: str = "latest") -> tuple[dict, int]:
+    """Params and step of the newest checkpoint of `kind` ('latest' or 'best'), on one local device."""
+    variables, step = checkpoint.restore_variables(workdir, kinds=("best" if kind == "best" else "latest",))
+    return variables["params"], step
 
 
 def param_count(name: str, **kwargs) -> int:
     """Parameters of registered model `name` (1000 classes unless given) at its image_size; eval_shape only."""
-    from jaxdl import convert, models
+    from jaxdl import models
 
     kwargs.setdefault("num_outputs", 1000)
     model = models.create_model(name, **kwargs)
     shape = (1, model.image_size, model.image_size, 3)
-    return models.count_params(convert.abstract_variables(model, shape)["params"])
+    return models.count_params(models.abstract_variables(model, shape)["params"])
 
 
 def load_experiment(name: str):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from jaxdl import augment, tasks, train
+from jaxdl import augment, steps, tasks, train
 from jaxdl.data import transforms
 from jaxdl.state import TrainState
 from tests import helpers
@@ -124,8 +124,7 @@ def test_mixup_training_is_the_same_on_one_and_eight_devices(tmp_path):
 def _initial_params(cfg):
     """The params a run of `cfg` starts from (the trainer's init key)."""
     init_rng = jax.random.split(jax.random.key(cfg.seed))[0]
-    _, init = train.Experiment(cfg).abstract_state(init_rng)
-    return jax.jit(init)(init_rng).params
+    return jax.jit(train.Experiment(cfg).init_fn())(init_rng).params
 
 
 def test_frozen_params_do_not_change(tmp_path):
@@ -141,7 +140,7 @@ def test_frozen_params_do_not_change(tmp_path):
 def test_frozen_layers_keep_their_batch_statistics():
     stats = {"bn_0": {"mean": jnp.zeros(2)}, "bn_1": {"mean": jnp.zeros(2)}}
     updated = {"bn_0": {"mean": jnp.ones(2)}, "bn_1": {"mean": jnp.ones(2)}}
-    kept = train._keep_frozen_stats(re.compile("^bn_0/"), stats, updated)
+    kept = steps._keep_frozen_stats(re.compile("^bn_0/"), stats, updated)
     np.testing.assert_array_equal(kept["bn_0"]["mean"], 0.0)
     np.testing.assert_array_equal(kept["bn_1"]["mean"], 1.0)
 
@@ -168,7 +167,7 @@ def test_bfloat16_compute_keeps_float32_params(tmp_path):
     ],
 )
 def test_bad_training_options_are_one_line_errors(override, message):
-    from jaxdl import configuration
+    from jaxdl.errors import ConfigError
 
-    with pytest.raises(configuration.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        configuration.validate(helpers.tiny_cnn(**override), num_devices=1)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        train.Experiment(helpers.tiny_cnn(**override))

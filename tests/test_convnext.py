@@ -97,7 +97,7 @@ def test_bfloat16_and_training_mode() -> None:
     """bfloat16 compute keeps float32 params; stochastic depth is deterministic per key and off in eval."""
     model = models.create_model("convnext_mini", num_outputs=10, dtype=jnp.bfloat16, stochastic_depth_rate=0.9)
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-    abstract = convert.abstract_variables(model, x.shape)
+    abstract = models.abstract_variables(model, x.shape)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(abstract))
     rng = np.random.default_rng(0)
     # Random values instead of a compiled init; unit layer scales so every block matters.

@@ -293,7 +293,7 @@ def digits_splits():
 
 @pytest.fixture(scope="module")
 def plain_splits():
-    """Digits without any transform: batches hold the raw pixel values as float32."""
+    """Digits without any transform: batches hold the raw pixel values, uint8 as stored."""
     return _digits_splits(dataset__train_transforms="", dataset__eval_transforms="")
 
 
@@ -315,9 +315,7 @@ def test_train_loader_epochs_are_permutations(plain_splits):
     source = plain_splits.source("train")
     n = len(source)  # 1258 = 34 * 37: batches of 37 end exactly at the epoch boundary.
     assert n % 37 == 0
-    expected = sorted(
-        np.asarray(source[i]["image"], np.float32).tobytes() + bytes([int(source[i]["label"])]) for i in range(n)
-    )
+    expected = sorted(np.asarray(source[i]["image"]).tobytes() + bytes([int(source[i]["label"])]) for i in range(n))
     assert len(set(expected)) == n  # Digits records are unique, so bytes identify them.
     iterator = iter(pipeline.train_loader(plain_splits, global_batch_size=37, seed=0))
     orders = []
@@ -327,6 +325,16 @@ def test_train_loader_epochs_are_permutations(plain_splits):
         assert sorted(keys) == expected
         orders.append(keys)
     assert orders[0] != orders[1]  # Each epoch is shuffled afresh.
+
+
+def test_dtypes_are_kept_until_a_transform_needs_floats(plain_splits, digits_splits):
+    """uint8 images stay uint8 without a float transform; rescale makes them float32; labels stay integers."""
+    raw = next(iter(pipeline.train_loader(plain_splits, global_batch_size=8, seed=0)))
+    assert raw["input"].dtype == np.uint8 and np.issubdtype(raw["target"].dtype, np.integer)
+    scaled = next(iter(pipeline.train_loader(digits_splits, global_batch_size=8, seed=0)))
+    assert scaled["input"].dtype == np.float32 and np.issubdtype(scaled["target"].dtype, np.integer)
+    padded = next(iter(pipeline.eval_batches(plain_splits, "validation", global_batch_size=500)))
+    assert padded["input"].dtype == np.uint8 and padded["mask"].dtype == np.float32
 
 
 def test_train_loader_too_large_batch(plain_splits):

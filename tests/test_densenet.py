@@ -34,14 +34,14 @@ def test_param_count_matches_torchvision(name, weights) -> None:
     """Each published DenseNet has exactly torchvision's parameter count (shapes only, nothing compiled)."""
     model = models.create_model(name, num_outputs=1000)
     assert isinstance(model, DenseNet)
-    params = convert.abstract_variables(model, (1, 224, 224, 3))["params"]
+    params = models.abstract_variables(model, (1, 224, 224, 3))["params"]
     assert models.count_params(params) == weights.meta["num_params"]
 
 
 def test_published_layout() -> None:
     """densenet121's variables carry torchvision's structure: 58 dense layers, 3 transitions, 1024 final channels."""
     model = models.create_model("densenet121", num_outputs=1000)
-    variables = convert.abstract_variables(model, (1, 224, 224, 3))
+    variables = models.abstract_variables(model, (1, 224, 224, 3))
     params = variables["params"]
     assert sum(len(params[f"denseblock{i}"]) for i in range(1, 5)) == 6 + 12 + 24 + 16
     assert sorted(k for k in params if k.startswith("transition")) == ["transition1", "transition2", "transition3"]

@@ -51,7 +51,7 @@ def test_registered_resolutions_and_dropout() -> None:
     for i, name in enumerate(PUBLISHED):
         model = models.create_model(name, num_outputs=1000)
         assert (model.image_size, model.dropout_rate, model.stochastic_depth_rate) == (sizes[i], dropouts[i], 0.2)
-        assert (model.bn_epsilon, model.bn_momentum) == ((1e-3, 0.99) if i >= 5 else (1e-5, 0.9))
+        assert (model.bn_epsilon, model.bn_momentum) == ((1e-3, 0.01) if i >= 5 else (1e-5, 0.1))
 
 
 def test_scaling_matches_torchvision_configuration() -> None:
@@ -134,7 +134,7 @@ def test_stochastic_depth_drops_whole_examples() -> None:
 
 def random_variables(model, shape: tuple[int, ...], seed: int = 0) -> tuple[dict, dict]:
     """The model's abstract variables and random float32 values for them, without compiling an init."""
-    abstract = convert.abstract_variables(model, shape)
+    abstract = models.abstract_variables(model, shape)
     rng = np.random.default_rng(seed)
 
     params = jax.tree.map(

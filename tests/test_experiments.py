@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from jaxdl import configuration
+from jaxdl import train
 from tests import helpers
 
 
@@ -32,7 +32,7 @@ def test_tune_lstm_writes_table_and_figure_for_each_setting(tmp_path):
 def test_residual_vs_plain_configs_table_and_figure(tmp_path):
     study = helpers.load_experiment("residual_vs_plain")
     for name in study.NETS:
-        configuration.validate(study.config_for(name, epochs=1, width=4, seed=0), num_devices=1)
+        train.Experiment(study.config_for(name, epochs=1, width=4, seed=0))
     steps = list(range(5, 55, 5))
     results = {
         name: {

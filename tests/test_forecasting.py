@@ -2,8 +2,8 @@
 
 import json
 import re
-import types
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pandas as pd
@@ -161,8 +161,8 @@ def test_ar_baseline_matches_statsmodels_autoreg_on_sunspots():
     actual = series.values[b:]
     lags = np.stack([series.values[t - p : t][::-1] for t in range(b, len(series.values))])
     forecast = fitted.params[0] + lags @ fitted.params[1:]
-    experiment = types.SimpleNamespace(config=cfg, splits=pipeline.Splits(cfg.dataset))
-    baseline = tasks.get_task(cfg.task, cfg.dataset).baseline(experiment)
+    splits = pipeline.Splits(cfg.dataset)
+    baseline = tasks.build_task(cfg).baseline(splits.arrays("train"), splits.arrays("test"))
     assert baseline["rmse"] == pytest.approx(np.sqrt(mean_squared_error(actual, forecast)), rel=1e-4)
     assert baseline["mae"] == pytest.approx(mean_absolute_error(actual, forecast), rel=1e-4)
     assert baseline["mape"] == pytest.approx(100 * mean_absolute_percentage_error(actual, forecast), rel=1e-4)
@@ -239,8 +239,19 @@ def test_csv_config_errors_are_one_line(tmp_path, capsys, content, overrides, me
     assert re.search(message, err), err
 
 
-def test_forecasting_needs_a_series_and_a_series_needs_forecasting():
-    with pytest.raises(configuration.ConfigError, match="task 'forecasting' goes with a time series"):
-        configuration.validate(helpers.config("digits_cnn", task__name="forecasting"), num_devices=1)
-    with pytest.raises(configuration.ConfigError, match="task 'forecasting' goes with a time series"):
-        configuration.validate(helpers.config("sunspots_lstm", task__name="regression"), num_devices=1)
+def test_forecasting_needs_a_series_and_windows_are_ordinary_records():
+    with pytest.raises(configuration.ConfigError, match="task.name='forecasting' needs a time series"):
+        train.Experiment(helpers.config("digits_cnn", task__name="forecasting"))
+    # The windows of a series are records like any other: plain regression may use them.
+    run = train.Experiment(_tiny(task__name="regression"))
+    assert run.task.num_outputs == 1 and not run.task.has_baseline
+
+
+def test_predict_change_adds_the_last_observed_value():
+    """task.predict_change reads outputs as changes from the window's last value, for any model."""
+    task = tasks.build_task(_tiny(task__predict_change=True, dataset__horizon=3))
+    inputs = jnp.asarray(np.arange(2 * 5, dtype=np.float32).reshape(2, 5, 1))
+    outputs = jnp.asarray([[0.5, 1.0, -1.0], [0.0, 0.0, 2.0]])
+    np.testing.assert_allclose(task.transform_outputs(outputs, inputs), [[4.5, 5.0, 3.0], [9.0, 9.0, 11.0]])
+    plain = tasks.build_task(_tiny(dataset__horizon=3))
+    np.testing.assert_array_equal(plain.transform_outputs(outputs, inputs), outputs)

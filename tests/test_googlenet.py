@@ -72,13 +72,13 @@ def test_param_counts_with_and_without_aux() -> None:
     published = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1.meta["num_params"]
     assert published == 6_624_904
     shape = (1, 224, 224, 3)
-    plain = convert.abstract_variables(models.create_model("googlenet", num_outputs=1000, aux_logits=False), shape)
+    plain = models.abstract_variables(models.create_model("googlenet", num_outputs=1000, aux_logits=False), shape)
     assert "aux1" not in plain["params"] and "aux2" not in plain["params"]
     assert models.count_params(plain["params"]) == published
 
     model = models.create_model("googlenet", num_outputs=1000)
     assert isinstance(model, GoogLeNet) and model.aux_logits
-    params = convert.abstract_variables(model, shape)["params"]
+    params = models.abstract_variables(model, shape)["params"]
     assert {"aux1", "aux2"} <= set(params)
     assert models.count_params({k: v for k, v in params.items() if k not in ("aux1", "aux2")}) == published
     reference = torchvision.models.googlenet(aux_logits=True, init_weights=False)

@@ -8,15 +8,10 @@ import optax
 import pytest
 from scipy.signal import correlate2d
 
-from jaxdl.models import (
-    CNN,
-    MLP,
-    LogisticRegression,
-    count_params,
-    create_model,
-    list_models,
-    model_accepts,
-)
+from jaxdl.models import count_params, create_model, layers, list_models, model_accepts
+from jaxdl.models.cnn import CNN
+from jaxdl.models.linear import LogisticRegression
+from jaxdl.models.mlp import MLP
 
 KEY = jax.random.key(0)
 
@@ -71,16 +66,13 @@ def test_unknown_kwarg_names_kwarg_and_fields() -> None:
         assert field in msg
 
 
-def test_axis_name_passed_only_when_supported() -> None:
-    """axis_name reaches the CNN and is dropped for models without it."""
-    cnn = create_model("cnn", num_outputs=2, axis_name="batch")
-    assert cnn.axis_name == "batch"
-    mlp = create_model("mlp", num_outputs=2, axis_name="batch")
-    assert isinstance(mlp, MLP)
-    assert not hasattr(mlp, "axis_name")
-    assert model_accepts("cnn", "axis_name")
-    assert not model_accepts("mlp", "axis_name")
-    assert not model_accepts("logistic_regression", "axis_name")
+def test_axis_name_is_not_a_model_field() -> None:
+    """The BatchNorm axis is a trace-time context (layers.batch_norm_axis), not a hyperparameter."""
+    for name in list_models():
+        assert not model_accepts(name, "axis_name")
+    for name in ("cnn", "mlp"):
+        with pytest.raises(TypeError, match="'axis_name'"):
+            create_model(name, num_outputs=2, axis_name="batch")
 
 
 def test_unknown_activation() -> None:
@@ -275,14 +267,13 @@ def test_cnn_batch_norm_stats() -> None:
     )
 
 
-def test_cnn_batch_norm_axis_name_syncs_statistics() -> None:
-    """With axis_name, shard statistics equal full-batch statistics."""
+def test_cnn_batch_norm_axis_syncs_statistics() -> None:
+    """Inside layers.batch_norm_axis, shard statistics equal full-batch statistics."""
     x = jax.random.normal(KEY, (2, 3, 8, 8, 1))  # 2 shards of 3 examples
-    synced = CNN(num_outputs=2, features=(4,), use_batch_norm=True, axis_name="batch")
-    plain = synced.clone(axis_name=None)
-    variables = plain.init(KEY, x[0], train=False)
+    model = CNN(num_outputs=2, features=(4,), use_batch_norm=True)
+    variables = model.init(KEY, x[0], train=False)
 
-    def step(model: CNN, xs: jax.Array) -> dict:
+    def step(xs: jax.Array) -> dict:
         _, updates = model.apply(
             variables,
             xs,
@@ -292,15 +283,19 @@ def test_cnn_batch_norm_axis_name_syncs_statistics() -> None:
         )
         return updates["batch_stats"]
 
-    # vmap with an axis name exercises the same collectives as pmap.
-    sharded = jax.vmap(lambda xs: step(synced, xs), axis_name="batch")(x)
-    full = step(plain, x.reshape((6, 8, 8, 1)))
+    # vmap with an axis name exercises the same collectives as pmap; the context is read while tracing.
+    with layers.batch_norm_axis("batch"):
+        sharded = jax.vmap(step, axis_name="batch")(x)
+    full = step(x.reshape((6, 8, 8, 1)))
     for shard in range(2):
         jax.tree_util.tree_map(
             lambda s, f, i=shard: np.testing.assert_allclose(s[i], f, rtol=1e-5, atol=1e-6),
             sharded,
             full,
         )
+    # Outside the context each shard keeps its own statistics.
+    unsynced = jax.vmap(step, axis_name="batch")(x)
+    assert not np.allclose(unsynced["bn_0"]["mean"][0], full["bn_0"]["mean"])
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ def test_plain_nets_have_no_shortcut(plain: str, residual: str) -> None:
     assert helpers.param_count(plain, num_outputs=1000) == total - shortcut
     assert helpers.param_count(residual, num_outputs=1000) == total
     model = models.create_model(plain, num_outputs=1000)
-    params = convert.abstract_variables(model, (1, 224, 224, 3))["params"]
+    params = models.abstract_variables(model, (1, 224, 224, 3))["params"]
     paths = ["/".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
     assert not [p for p in paths if "downsample" in p]
 

@@ -239,8 +239,8 @@ def test_variable_length_equals_each_sequence_alone(cell: str) -> None:
 
 
 def test_token_ids_use_padding_zero_as_length() -> None:
-    """With vocab_size > 0, ids (even as floats) are embedded and id 0 marks padding; matches torch."""
-    ids = np.array([[5, 2, 7, 1, 0, 0], [3, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]], np.float32)
+    """With vocab_size > 0, integer ids are embedded and id 0 marks padding; matches torch."""
+    ids = np.array([[5, 2, 7, 1, 0, 0], [3, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]], np.int32)
     lengths = np.array([4, 1, 6])
     torch.manual_seed(0)
     embed = torch.nn.Embedding(8, 3)
@@ -256,7 +256,17 @@ def test_token_ids_use_padding_zero_as_length() -> None:
     variables = from_torch_rnn(model, torch_rnn.state_dict(), head=head, embedding=embed)
     apply = _jit(model)[1]
     assert relative_error(apply(variables, ids), expected) < 1e-5
-    np.testing.assert_allclose(apply(variables, ids.astype(np.int32), lengths=lengths), expected, atol=1e-6)
+    np.testing.assert_allclose(apply(variables, ids, lengths=lengths), expected, atol=1e-6)
+    np.testing.assert_allclose(apply(variables, ids.astype(np.int64), lengths=lengths), expected, atol=1e-6)
+
+
+def test_float_token_ids_are_rejected() -> None:
+    """Token ids arrive as integers; float ids are a TypeError at trace time, not a silent cast."""
+    model = models.create_model("lstm", num_outputs=2, hidden_size=4, vocab_size=8, embed_dim=3)
+    ids = np.array([[1, 2, 0]], np.int32)
+    variables = model.init(KEY, ids)
+    with pytest.raises(TypeError, match="token ids must be integers"):
+        model.apply(variables, ids.astype(np.float32))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -387,16 +397,3 @@ def test_predict_ar_is_recursive_and_ar_module_agrees() -> None:
     np.testing.assert_allclose(out, forecasts, rtol=1e-6)
     with pytest.raises(ValueError, match="lags"):
         predict_ar(c, phi, np.zeros((1, 3)))
-
-
-def test_forecast_change_adds_the_last_observed_value():
-    model = models.create_model("lstm", num_outputs=3, hidden_size=4, forecast_change=True)
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 1)), jnp.float32)
-    variables = model.init(jax.random.key(0), x)
-    zero_head = jax.tree.map(jnp.zeros_like, variables["params"]["head"])
-    out = model.apply({"params": {**variables["params"], "head": zero_head}}, x)
-    np.testing.assert_allclose(out, np.repeat(np.asarray(x[:, -1, :]), 3, axis=1))
-    shorter = model.apply({"params": {**variables["params"], "head": zero_head}}, x, lengths=jnp.array([3, 5]))
-    np.testing.assert_allclose(shorter[0], np.repeat(np.asarray(x[0, 2]), 3))  # The last *valid* value.
-    with pytest.raises(ValueError, match="forecast_change"):
-        models.create_model("lstm", num_outputs=3, output="sequence", forecast_change=True)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdl import configuration, segment, tasks
+from jaxdl import experiment, segment, tasks
 from jaxdl.data import datasets
 from jaxdl.data import word_segmentation as ws
 from tests import helpers
@@ -206,7 +206,7 @@ def _reference(logits, targets):
 
 
 def test_tagging_task_masks_padding():
-    task = tasks.get_task(helpers.config("segment_bilstm").task)
+    task = tasks.build_task(helpers.config("segment_bilstm"))
     assert isinstance(task, tasks.Tagging) and task.num_outputs == 2
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4, 7, 2)).astype(np.float32) * 3
@@ -234,9 +234,10 @@ def test_tagging_task_masks_padding():
 def test_segment_config_validates_and_has_the_agreed_shapes():
     for name in ("lstm", "gru"):
         config = helpers.config("segment_bilstm", model__name=name)
-        configuration.validate(config, num_devices=1)
-        model = configuration.build_model(config)
-        x = jax.ShapeDtypeStruct((2, ws.MAX_LEN), jnp.float32)
+        run = experiment.Experiment(config)
+        model = run.model
+        assert run.sample_input.dtype == np.uint8  # Character ids stay integers through the pipeline.
+        x = jax.ShapeDtypeStruct((2, ws.MAX_LEN), jnp.int32)
         variables = jax.eval_shape(lambda x, model=model: model.init(jax.random.key(0), x), x)
         out = jax.eval_shape(lambda v, x, model=model: model.apply(v, x), variables, x)
         assert out.shape == (2, ws.MAX_LEN, 2)
@@ -274,11 +275,11 @@ def test_short_training_then_segment_cli(tmp_path, capsys):
     # The tagger's line: the tags of the best checkpoint's model, recomputed here.
     params, step = helpers.saved_params(workdir, "best")
     assert step == result["best_step"]
-    model = configuration.build_model(config)
+    model = experiment.build_model(config, tasks.build_task(config))
     for k, text in enumerate(texts):
         tagger_line, dictionary_line = lines[2 * k], lines[2 * k + 1]
         assert tagger_line.startswith("tagger: ") and dictionary_line.startswith("dictionary: ")
-        ids = jnp.asarray(ws.encode(text)[None].astype(np.float32))
+        ids = jnp.asarray(ws.encode(text)[None].astype(np.int32))
         logits = np.asarray(model.apply({"params": params}, ids))[0]
         words = tagger_line[len("tagger: ") :].split(" | ")
         assert "".join(words) == text

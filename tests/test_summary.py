@@ -12,7 +12,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.vision_transformer import VisionTransformer
 
-from jaxdl import convert, models
+from jaxdl import models
 from jaxdl.models.summary import analyze, lowered_flops
 
 TABLE_SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "model_table.py"
@@ -78,7 +78,7 @@ def test_layer_table_of_vit_mini():
     assert rows["Dropout_0"].flops == 0
     # The class token and position embedding belong to the top level.
     assert table.own_params == 32 + 17 * 32
-    assert table.total_params == models.count_params(convert.abstract_variables(model, (1, 32, 32, 3))["params"])
+    assert table.total_params == models.count_params(models.abstract_variables(model, (1, 32, 32, 3))["params"])
     assert table.total_flops == models.flops("vit_mini", num_outputs=10)
     # Class-token concatenation and position-embedding add: one add per token feature.
     assert table.other_flops() == 17 * 32

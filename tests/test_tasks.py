@@ -3,13 +3,14 @@
 import math
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jaxdl import tasks
-from jaxdl.train import make_eval_step
+from jaxdl import steps, tasks
+from jaxdl.errors import ConfigError
+from jaxdl.steps import make_eval_step
+from tests import helpers
 
 
 def _softmax(z):
@@ -83,11 +84,64 @@ def test_eval_step_ignores_padding():
     np.testing.assert_allclose(float(sums["loss"]), expected, rtol=1e-5)
 
 
-def test_get_task_and_errors():
+def test_build_task_and_errors():
     assert tasks.list_tasks() == ["classification", "forecasting", "regression", "tagging"]
-    cfg = ml_collections.ConfigDict({"name": "regression", "num_classes": 10, "num_targets": 3})
-    assert tasks.get_task(cfg).num_outputs == 3
-    with pytest.raises(ValueError, match="choose one of: classification, forecasting, regression, tagging"):
-        tasks.get_task(ml_collections.ConfigDict({"name": "ranking", "num_classes": 2, "num_targets": 1}))
+    assert tasks.build_task(helpers.config("digits_cnn", task__name="regression", task__num_targets=3)).num_outputs == 3
+    with pytest.raises(ConfigError, match="config.task.name='ranking' is not valid; choose one of: classification, fo"):
+        tasks.build_task(helpers.config("digits_cnn", task__name="ranking"))
+    with pytest.raises(ConfigError, match="config.task.num_classes=1 is not valid; it must be >= 2"):
+        tasks.build_task(helpers.config("digits_cnn", task__num_classes=1))
     with pytest.raises(ValueError):
         tasks.Classification(num_classes=1)
+
+
+def test_a_task_constructor_is_one_table_entry():
+    """A task added to the table is built by name, with nothing else to edit."""
+
+    class Doubling(tasks.Regression):
+        @classmethod
+        def from_config(cls, task, dataset):
+            return cls(num_targets=2 * task.num_targets)
+
+    tasks.TASKS["doubling"] = Doubling
+    try:
+        assert tasks.build_task(helpers.config("digits_cnn", task__name="doubling")).num_outputs == 2
+    finally:
+        del tasks.TASKS["doubling"]
+
+
+def test_soft_targets_are_declared_by_the_task():
+    """Label smoothing and mixing need a task that declares soft targets; the base class has none."""
+    assert tasks.Classification.supports_soft_targets and not tasks.Regression.supports_soft_targets
+    with pytest.raises(NotImplementedError):
+        tasks.Regression().soft_targets(jnp.zeros((2, 1)))
+    cfg = helpers.config("diabetes_linear", task__label_smoothing=0.1)
+    with pytest.raises(
+        ConfigError, match=r"need a task with soft targets \(classification\), not config.task.name='regression'"
+    ):
+        steps.StepOptions.from_config(cfg, tasks.build_task(cfg))
+    cfg = helpers.config("digits_cnn", augment__mixup_alpha=0.2)
+    assert steps.StepOptions.from_config(cfg, tasks.build_task(cfg)).soft
+
+
+def test_the_task_names_the_best_metric_and_its_direction():
+    from jaxdl import experiment
+
+    classification, regression = tasks.Classification(num_classes=3), tasks.Regression()
+    assert experiment.best_metric(helpers.config("digits_cnn"), classification) == "val/loss"
+    cfg = helpers.config("digits_cnn", training__best_metric="val/accuracy")
+    assert experiment.best_metric(cfg, classification) == "val/accuracy"
+    assert classification.is_better("val/accuracy", 0.9, 0.8) and not classification.is_better("val/loss", 0.9, 0.8)
+    assert regression.is_better("val/rmse", 0.5, 0.6) and regression.is_better("val/loss", 3.0, None)
+    with pytest.raises(ConfigError, match="best_metric='val/accuracy' is not valid; choose one of: val/loss, val/mse"):
+        experiment.best_metric(cfg, regression)
+
+
+def test_baselines_take_explicit_arrays():
+    """A task's baseline sees (inputs, targets) arrays, never the run; tasks without one return None."""
+    assert tasks.Classification(num_classes=3).baseline((np.zeros(2), np.zeros(2)), (np.zeros(2), np.zeros(2))) is None
+    task = tasks.Forecasting(horizon=1, mean=0.0, std=1.0, naive_mae=1.0)
+    series = 0.9 ** np.arange(40.0)  # y_t = 0.9 y_{t-1}: AR(2) recovers it exactly.
+    windows = np.stack([series[t - 2 : t] for t in range(2, 40)])[..., None], series[2:40, None]
+    train, test = tuple(a[:30] for a in windows), tuple(a[30:] for a in windows)
+    assert task.baseline(train, test)["rmse"] < 1e-9

@@ -117,14 +117,14 @@ def test_cifar_stem_matches_global_pool_classifier() -> None:
 
 def test_classifier_widths() -> None:
     """Hidden width: 4096 like torchvision, 512 with cifar_stem (on C inputs), or as given."""
-    shapes = convert.abstract_variables(models.create_model("vgg16", num_outputs=10), (1, 32, 32, 3))["params"]
+    shapes = models.abstract_variables(models.create_model("vgg16", num_outputs=10), (1, 32, 32, 3))["params"]
     assert shapes["classifier_0"]["kernel"].shape == (512 * 7 * 7, 4096)
     model = models.create_model("vgg16", num_outputs=10, cifar_stem=True, image_size=32)
-    shapes = convert.abstract_variables(model, (1, 32, 32, 3))["params"]
+    shapes = models.abstract_variables(model, (1, 32, 32, 3))["params"]
     assert shapes["classifier_0"]["kernel"].shape == (512, 512)
     assert shapes["head"]["kernel"].shape == (512, 10)
     model = models.create_model("vgg16_bn", num_outputs=10, classifier_width=100)
-    assert convert.abstract_variables(model, (1, 64, 64, 3))["params"]["classifier_3"]["kernel"].shape == (100, 100)
+    assert models.abstract_variables(model, (1, 64, 64, 3))["params"]["classifier_3"]["kernel"].shape == (100, 100)
 
 
 def test_state_dict_names_follow_torch_indices() -> None:
@@ -166,7 +166,7 @@ def test_bfloat16_and_dropout() -> None:
 
 def test_bad_config_is_rejected() -> None:
     """An unknown letter or a malformed layer list fails at construction."""
-    with pytest.raises(ValueError, match="unknown VGG config"):
+    with pytest.raises(ValueError, match="^config='C' is not valid; choose one of: A, B, D, E"):
         VGG(num_outputs=2, config="C")
-    with pytest.raises(ValueError, match="positive ints or 'M'"):
+    with pytest.raises(ValueError, match=r"^config=\(8, 'P'\) is not valid; every width must be > 0"):
         VGG(num_outputs=2, config=(8, "P"))

@@ -44,7 +44,7 @@ def test_param_counts_of_torchvision_built_equivalents(name):
 
 def test_image_size_sets_the_position_embedding_length():
     model = models.create_model("vit_b_16", num_outputs=10, image_size=384)
-    params = convert.abstract_variables(model, (1, 384, 384, 3))["params"]
+    params = models.abstract_variables(model, (1, 384, 384, 3))["params"]
     assert params["pos_embedding"].shape == (1, (384 // 16) ** 2 + 1, 768)
     # torchvision's 384px SWAG weights differ from the 224px ones only in the position embedding and head.
     assert (
@@ -76,15 +76,15 @@ def test_cifar_stem_matches_torchvision_with_4x4_patches():
     model = models.create_model("vit_mini", num_outputs=10, patch_size=4)
     stem = models.create_model("vit_mini", num_outputs=10, cifar_stem=True)
     shape = (1, 32, 32, 3)
-    assert jax.tree.map(jnp.shape, convert.abstract_variables(model, shape)) == jax.tree.map(
-        jnp.shape, convert.abstract_variables(stem, shape)
+    assert jax.tree.map(jnp.shape, models.abstract_variables(model, shape)) == jax.tree.map(
+        jnp.shape, models.abstract_variables(stem, shape)
     )
 
 
 def test_full_size_forward_shape():
     model = models.create_model("vit_b_16", num_outputs=1000)
     sample = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
-    variables = convert.abstract_variables(model, (1, 224, 224, 3))
+    variables = models.abstract_variables(model, (1, 224, 224, 3))
     out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, sample)
     assert out.shape == (2, 1000)
 
@@ -92,7 +92,7 @@ def test_full_size_forward_shape():
 def test_wrong_image_size_is_rejected():
     model = models.create_model("vit_mini", num_outputs=10)
     with pytest.raises(ValueError, match="32x32"):
-        convert.abstract_variables(model, (1, 64, 64, 3))
+        models.abstract_variables(model, (1, 64, 64, 3))
 
 
 def test_state_dict_errors_name_the_tensor():
@@ -115,7 +115,7 @@ def test_bfloat16_and_deterministic_training_mode():
         attention_dropout=0.1,
         stochastic_depth_rate=0.3,
     )
-    shapes = convert.abstract_variables(model, (1, 32, 32, 3))
+    shapes = models.abstract_variables(model, (1, 32, 32, 3))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes["params"]))
     # Random values straight from numpy (no init to compile); the model's zero head would hide every difference.
     rng = np.random.default_rng(0)

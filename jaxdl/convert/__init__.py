@@ -16,29 +16,19 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-log = logging.getLogger(__name__)
+from jaxdl import models
+from jaxdl.convert.registry import register, registered
 
-# Converter modules, each with `CONVERTERS = {ModelClass: fn(importer, model)}`.
-_FAMILY_MODULES: tuple[str, ...] = (
-    "vit",
-    "resnet",
-    "vgg",
-    "efficientnet",
-    "convnext",
-    "densenet",
-    "googlenet",
-    "recurrent",
-)
+log = logging.getLogger(__name__)
 
 
 class StateDictError(ValueError):
@@ -69,11 +59,12 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def converters() -> dict[type, Callable]:
-    """Model class -> converter, from every family module."""
-    table: dict[type, Callable] = {}
-    for name in _FAMILY_MODULES:
-        table.update(importlib.import_module(f"jaxdl.convert.{name}").CONVERTERS)
-    return table
+    """Model class -> converter, after importing every module of this package (each registers its own)."""
+    # Imported on first use rather than with the package: the converter modules
+    # import `Importer` from here.
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+    return registered()
 
 
 class Importer:
@@ -170,18 +161,6 @@ class Importer:
         return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in self.written.items()})
 
 
-def abstract_variables(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-    """The model's variables as shapes only (jax.eval_shape: nothing compiled or allocated)."""
-    sample = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), sample)
-
-
-def default_input_shape(model: nn.Module) -> tuple[int, ...]:
-    """A one-image NHWC shape the model accepts: its `image_size` if it has one, else 224."""
-    size = getattr(model, "image_size", None) or 224
-    return (1, size, size, 3)
-
-
 def from_torch(
     model: nn.Module | str,
     state_dict: str | Path | Mapping[str, Any],
@@ -201,17 +180,15 @@ def from_torch(
         the result instead of raising; the caller keeps its own init for them.
     """
     if isinstance(model, str):
-        from jaxdl import models
-
         model = models.create_model(model, **model_kwargs)
     table = converters()
     if type(model) not in table:
         names = ", ".join(sorted(cls.__name__ for cls in table)) or "none"
         raise ValueError(f"no PyTorch converter for {type(model).__name__}; converters exist for: {names}")
-    template = abstract_variables(model, input_shape or default_input_shape(model))
+    template = models.abstract_variables(model, input_shape or models.default_input_shape(model))
     importer = Importer(load_state_dict(state_dict), template, skip_mismatched=skip_mismatched)
     table[type(model)](importer, model)
     return importer.finish()
 
 
-__all__ = ["Importer", "StateDictError", "abstract_variables", "from_torch", "load_state_dict"]
+__all__ = ["Importer", "StateDictError", "converters", "from_torch", "load_state_dict", "register"]

@@ -10,10 +10,11 @@ plus `<stage>.<i>.layer_scale` of shape (C, 1, 1); the head is
 
 import numpy as np
 
-from jaxdl.convert import Importer
+from jaxdl.convert import Importer, register
 from jaxdl.models.convnext import ConvNeXt
 
 
+@register(ConvNeXt)
 def convert_convnext(importer: Importer, model: ConvNeXt) -> None:
     """Fills `importer` from a torchvision ConvNeXt state dict."""
     importer.conv("params/stem_conv", "features.0.0", bias=True)
@@ -38,6 +39,3 @@ def convert_convnext(importer: Importer, model: ConvNeXt) -> None:
             importer.conv(f"params/downsample{stage}_conv", f"{key}.1", bias=True)
     importer.layer_norm("params/head_norm", "classifier.0")
     importer.dense("params/head", "classifier.2", bias=True)
-
-
-CONVERTERS = {ConvNeXt: convert_convnext}

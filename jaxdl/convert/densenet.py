@@ -1,6 +1,6 @@
 """torchvision DenseNet state dicts -> jaxdl DenseNet variables."""
 
-from jaxdl.convert import Importer
+from jaxdl.convert import Importer, register
 from jaxdl.models.densenet import DenseNet
 
 
@@ -12,6 +12,7 @@ def _layer_key(importer: Importer, prefix: str, name: str) -> str:
     return current
 
 
+@register(DenseNet)
 def convert_densenet(importer: Importer, model: DenseNet) -> None:
     """Maps features.conv0/norm0, features.denseblock{i}.denselayer{j}.{norm,conv}{1,2},
     features.transition{i}.{norm,conv}, features.norm5 and classifier -> head."""
@@ -28,6 +29,3 @@ def convert_densenet(importer: Importer, model: DenseNet) -> None:
             importer.conv(f"params/transition{i}/conv", f"features.transition{i}.conv", bias=False)
     importer.batch_norm("norm5", "features.norm5")
     importer.dense("params/head", "classifier", bias=True)
-
-
-CONVERTERS = {DenseNet: convert_densenet}

@@ -7,7 +7,7 @@ torchvision names: the stem is `features.0.{0 conv, 1 bn}`; block i of stage s i
 and the head is `classifier.1`.
 """
 
-from jaxdl.convert import Importer
+from jaxdl.convert import Importer, register
 from jaxdl.models.efficientnet import EfficientNet
 
 
@@ -16,6 +16,7 @@ def _conv_bn(importer: Importer, path: str, key: str) -> None:
     importer.batch_norm(f"{path}_bn", f"{key}.1")
 
 
+@register(EfficientNet)
 def convert_efficientnet(importer: Importer, model: EfficientNet) -> None:
     """Fills `importer` from a torchvision EfficientNet state dict."""
     _conv_bn(importer, "stem", "features.0")
@@ -32,6 +33,3 @@ def convert_efficientnet(importer: Importer, model: EfficientNet) -> None:
         _conv_bn(importer, f"{path}/project", f"{key}.{layer + 2}")
     _conv_bn(importer, "head", f"features.{len(model.block_setting) + 1}")
     importer.dense("params/head", "classifier.1", bias=True)
-
-
-CONVERTERS = {EfficientNet: convert_efficientnet}

@@ -1,6 +1,6 @@
 """torchvision GoogLeNet state dicts -> jaxdl GoogLeNet variables."""
 
-from jaxdl.convert import Importer
+from jaxdl.convert import Importer, register
 from jaxdl.models.googlenet import _INCEPTION, GoogLeNet
 
 _BRANCHES = ("branch1", "branch2.0", "branch2.1", "branch3.0", "branch3.1", "branch4.1")
@@ -12,6 +12,7 @@ def _basic_conv(importer: Importer, path: str, key: str) -> None:
     importer.batch_norm(f"{path}/bn", f"{key}.bn")
 
 
+@register(GoogLeNet)
 def convert_googlenet(importer: Importer, model: GoogLeNet) -> None:
     """Maps conv1-3, inception*.branch*, aux{1,2}.conv/fc1/fc2 and fc -> head.
 
@@ -32,6 +33,3 @@ def convert_googlenet(importer: Importer, model: GoogLeNet) -> None:
             for key in [k for k in importer.tensors if k.startswith(f"{aux}.")]:
                 importer.ignore(key)
     importer.dense("params/head", "fc", bias=True)
-
-
-CONVERTERS = {GoogLeNet: convert_googlenet}

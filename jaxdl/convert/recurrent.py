@@ -31,10 +31,12 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
-from jaxdl.convert import Importer, from_torch, load_state_dict
+from jaxdl import models
+from jaxdl.convert import Importer, from_torch, load_state_dict, register
 from jaxdl.models.rnn import GATES, RecurrentNet
 
 
+@register(RecurrentNet)
 def convert_recurrent(importer: Importer, model: RecurrentNet) -> None:
     """Map PyTorch's recurrent names (plus `head.*`, `embed.weight`) onto `model`."""
     has_bias = importer.has("bias_ih_l0") or importer.has("bias_hh_l0")
@@ -81,8 +83,6 @@ def from_torch_rnn(
       prefix: stripped from the state dict's names, e.g. 'rnn.' for a module stored as an attribute.
     """
     if isinstance(model, str):
-        from jaxdl import models
-
         model = models.create_model(model, **model_kwargs)
     tensors = {k.removeprefix(prefix): v for k, v in _tensors(state_dict).items()}
     if head is not None:
@@ -96,6 +96,3 @@ def from_torch_rnn(
     else:
         raise ValueError("the state dict has no 'weight_ih_l0' to read the input size from")
     return from_torch(model, tensors, input_shape=input_shape)
-
-
-CONVERTERS = {RecurrentNet: convert_recurrent}

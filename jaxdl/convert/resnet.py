@@ -1,9 +1,10 @@
 """torchvision ResNet state dicts -> jaxdl ResNet variables (also the plain nets, which lack `downsample`)."""
 
-from jaxdl.convert import Importer
+from jaxdl.convert import Importer, register
 from jaxdl.models.resnet import EXPANSION, ResNet, block_specs
 
 
+@register(ResNet)
 def convert_resnet(importer: Importer, model: ResNet) -> None:
     """Maps conv1/bn1, layer{i}.{j}.conv{k}/bn{k}, layer{i}.{j}.downsample.0/1 and fc."""
     importer.conv("params/conv1", "conv1", bias=False)
@@ -18,6 +19,3 @@ def convert_resnet(importer: Importer, model: ResNet) -> None:
             importer.conv(f"params/{path}/downsample_0", f"{key}.downsample.0", bias=False)
             importer.batch_norm(f"{path}/downsample_1", f"{key}.downsample.1")
     importer.dense("params/head", "fc", bias=True)
-
-
-CONVERTERS = {ResNet: convert_resnet}

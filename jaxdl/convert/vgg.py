@@ -1,9 +1,10 @@
 """torchvision VGG state dicts -> jaxdl VGG variables."""
 
-from jaxdl.convert import Importer
+from jaxdl.convert import Importer, register
 from jaxdl.models.vgg import VGG, feature_layers
 
 
+@register(VGG)
 def convert_vgg(importer: Importer, model: VGG) -> None:
     """Maps features.N (conv and BatchNorm by torch index), classifier.0/3 and classifier.6 -> head."""
     for layer in feature_layers(model.config, model.batch_norm):
@@ -15,6 +16,3 @@ def convert_vgg(importer: Importer, model: VGG) -> None:
     importer.dense("params/classifier_0", "classifier.0", bias=True)
     importer.dense("params/classifier_3", "classifier.3", bias=True)
     importer.dense("params/head", "classifier.6", bias=True)
-
-
-CONVERTERS = {VGG: convert_vgg}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from jaxdl.convert import Importer
+from jaxdl.convert import Importer, register
 from jaxdl.models.vit import ViT
 
 
+@register(ViT)
 def convert_vit(importer: Importer, model: ViT) -> None:
     """Map torchvision's ViT names (conv_proj, encoder.layers.encoder_layer_<i>..., heads.head) onto `model`."""
     importer.conv("params/conv_proj", "conv_proj", bias=True)
@@ -32,6 +33,3 @@ def convert_vit(importer: Importer, model: ViT) -> None:
         importer.dense(f"{path}/mlp_3", f"{key}.mlp.3", bias=True)
     importer.layer_norm("params/encoder_ln", "encoder.ln")
     importer.dense("params/head", "heads.head", bias=True)
-
-
-CONVERTERS = {ViT: convert_vit}

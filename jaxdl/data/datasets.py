@@ -16,6 +16,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxdl.data import word_segmentation as ws
+from jaxdl.errors import DatasetNotPreparedError
+
+__all__ = ["DatasetNotPreparedError", "InMemorySource", "is_known", "load_source", "local_builder"]
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +26,6 @@ log = logging.getLogger(__name__)
 # permutation so that the splits never overlap and never change between runs.
 _SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.15, "test": 0.15}
 _SPLIT_SEED = 0
-
-
-class DatasetNotPreparedError(RuntimeError):
-    """A tfds dataset has no ArrayRecord data in the data dir and cannot be fetched."""
 
 
 class _SklearnTable(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -8,6 +8,9 @@ pure function of `i`, so grain's iterator state is just a position, a resumed
 run reads exactly the batches an uninterrupted one would, and worker processes
 (`mp_prefetch`) change nothing but speed. The iterator handed to the loop
 prefetches on a thread and reports the state of the last batch it handed out.
+
+Dtypes are kept: integer ids stay integers and uint8 images stay uint8 until a
+transform that needs floats (rescale, normalize, a resizing crop) converts them.
 """
 
 from __future__ import annotations
@@ -24,14 +27,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxdl.data import datasets, timeseries, transforms
+from jaxdl.data import datasets, sources, transforms
+from jaxdl.errors import ConfigError, check_at_least, check_choice
+
+_SPLIT_KEYS = ("train_split", "val_split", "test_split")
 
 
 def _check_keys(source, config: ml_collections.ConfigDict) -> None:
     record = source[0]
     for key in ("input_key", "target_key"):
         if config[key] not in record:
-            raise ValueError(
+            raise ConfigError(
                 f"config.dataset.{key}='{config[key]}' is not a feature of {config.name}; "
                 f"choose one of: {', '.join(sorted(record))}"
             )
@@ -65,16 +71,16 @@ def _stack(values: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     return np.stack(values)
 
 
-class _AsFloat(grain.transforms.Map):
-    """Inputs leave the pipeline as float32 whatever the transforms did."""
+class _Stacked(grain.transforms.Map):
+    """Checks that the transforms made the inputs one array; dtypes pass through unchanged."""
 
     def map(self, batch):
         if isinstance(batch["input"], list):
-            raise ValueError(
+            raise ConfigError(
                 "the dataset's inputs have different shapes; start config.dataset.train_transforms and "
                 "eval_transforms with random_resized_crop(size=..) or center_crop(size=..)"
             )
-        return {**batch, "input": batch["input"].astype(np.float32)}
+        return batch
 
 
 class _EpochBatches(grain.MapDataset):
@@ -117,25 +123,68 @@ class _EpochBatches(grain.MapDataset):
 
 
 class Splits:
-    """The sources of one dataset's splits and the transforms that apply to them."""
+    """The sources of one dataset's splits and the transforms that apply to them.
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    Built from the config's `dataset` section, it checks its own keys: the
+    dataset, its splits and features, the transforms, and that the training
+    split fills a global batch of `batch_size`. Each problem is a ConfigError
+    naming its key, raised here, before any compute.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, batch_size: int | None = None):
         self.config = config
         self._sources = {}
         self._statistics = None
+        check_choice("dataset.eval_remainder", config.eval_remainder, ("pad", "drop"))
+        check_at_least("dataset.worker_count", config.worker_count, 0)
+        check_at_least("dataset.prefetch_batches", config.prefetch_batches, 0)
+        for key in ("train_transforms", "eval_transforms"):
+            try:
+                # Building checks the arguments too; statistics are placeholders here.
+                transforms.build(transforms.parse(config[key]), {"mean": 0.0, "std": 1.0})
+            except ValueError as error:
+                raise ConfigError(f"config.dataset.{key}: {error}") from None
+        if batch_size is None:
+            return
+        sources.check(config, batch_size)
+        for key in _SPLIT_KEYS:
+            if config[key]:
+                self.source(config[key], key=key)
+            elif key != "val_split":
+                raise ConfigError(f"config.dataset.{key} is empty; name a split of {config.name}")
+        count = len(self.source(config.train_split))
+        if count < batch_size:
+            raise ConfigError(
+                f"config.training.batch_size={batch_size} is larger than the {count} training examples of "
+                f"{config.name}; choose at most {count}"
+            )
 
-    def source(self, split: str):
+    def source(self, split: str, key: str = "split"):
         """The random-access source of `split` (cached in memory if configured; time series always)."""
         if split not in self._sources:
-            if timeseries.is_series(self.config.name):
-                source = timeseries.window_source(self.config, split)  # Sliding windows, in memory.
-            else:
-                source = datasets.load_source(self.config.name, split, self.config.data_dir)
-            if self.config.cache_in_memory and not isinstance(source, datasets.InMemorySource):
-                source = datasets.InMemorySource(source)
+            try:
+                source = sources.open_split(self.config, split)
+            except (ConfigError, datasets.DatasetNotPreparedError):
+                raise
+            except (ValueError, KeyError) as error:  # tfds' unknown split names, empty splits.
+                raise ConfigError(
+                    f"config.dataset.{key}='{split}' cannot be read from {self.config.name}: "
+                    f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+                ) from None
+            if len(source) == 0:
+                raise ConfigError(f"config.dataset.{key}='{split}' of {self.config.name} holds no examples")
             _check_keys(source, self.config)
             self._sources[split] = source
         return self._sources[split]
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """All inputs and all targets of `split`, stacked (for baselines fitted outside the loop)."""
+        source = self.source(split)
+        keys = (self.config.input_key, self.config.target_key)
+        if isinstance(source, datasets.InMemorySource):
+            return tuple(source.column(k) for k in keys)
+        records = [source[i] for i in range(len(source))]
+        return tuple(np.stack([np.asarray(r[k]) for r in records]) for k in keys)
 
     def statistics(self) -> dict[str, np.ndarray]:
         """Per-feature mean and std of the training inputs (float64 accumulation)."""
@@ -156,7 +205,7 @@ class Splits:
         gather = _Gather(self.source(split), self.config.input_key, self.config.target_key)
         offset = jax.process_index() * (global_batch // jax.process_count()) if global_batch else 0
         ops = transforms.build(specs, statistics, global_batch=global_batch, offset=offset)
-        return [gather, *ops, _AsFloat()]
+        return [gather, *ops, _Stacked()]
 
 
 def _apply(dataset: grain.MapDataset, operations: list) -> grain.MapDataset:
@@ -169,7 +218,7 @@ def train_loader(splits: Splits, *, global_batch_size: int, seed: int, worker_co
     """Endless shuffled training batches of this process's share of the global batch."""
     source = splits.source(splits.config.train_split)
     if len(source) < global_batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"config.training.batch_size={global_batch_size} is larger than the "
             f"{len(source)} training examples of {splits.config.name}"
         )

@@ -32,8 +32,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from jaxdl.configuration import ConfigError
 from jaxdl.data import datasets
+from jaxdl.errors import ConfigError
 
 SPLITS = ("train", "validation", "test")
 
@@ -216,9 +216,11 @@ def window_source(config: ml_collections.ConfigDict, split: str) -> datasets.InM
     return datasets.InMemorySource(_WindowRecords(label, inputs, targets))
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError when a time-series experiment cannot be built (before any compute)."""
-    dataset = config.dataset
+def check(dataset: ml_collections.ConfigDict, batch_size: int) -> None:
+    """Raises ConfigError when a time-series dataset config cannot be built (before any compute)."""
+    for key in ("lookback", "horizon"):
+        if dataset[key] < 1:
+            raise ConfigError(f"config.dataset.{key}={dataset[key]} is not valid; it must be >= 1")
     for key in ("train_split", "val_split", "test_split"):
         if dataset[key] not in SPLITS and not (key == "val_split" and dataset[key] == ""):
             raise ConfigError(
@@ -233,7 +235,7 @@ def check(config: ml_collections.ConfigDict) -> None:
         count = len(window_starts(len(series.values), series.bounds, split, dataset.lookback, dataset.horizon))
         start, stop = series.part(split)
         if key == "train_split":
-            needed, remedy = config.training.batch_size, "lower them or config.training.batch_size"
+            needed, remedy = batch_size, "lower them or config.training.batch_size"
         else:
             needed, remedy = 1, "lower them"
         if count < needed:

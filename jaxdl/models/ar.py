@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdl.models.registry import register
+
 
 def _check_windows(windows: Any) -> np.ndarray:
     windows = np.asarray(windows, dtype=np.float64)
@@ -65,6 +67,7 @@ def predict_ar(c: float, phi: Any, windows: Any, horizon: int = 1) -> np.ndarray
     return np.stack(forecasts, axis=1)
 
 
+@register("ar")
 class AR(nn.Module):
     """AR(p) as a flax module: windows [B, p] (or [B, p, 1]) -> recursive forecasts [B, num_outputs].
 
@@ -96,7 +99,3 @@ class AR(nn.Module):
 def ar_variables(c: float, phi: Any) -> dict:
     """Variables for `AR` holding a closed-form fit from `fit_ar`."""
     return {"params": {"c": jnp.asarray(c, jnp.float32), "phi": jnp.asarray(phi, jnp.float32)}}
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {"ar": (AR, {})}

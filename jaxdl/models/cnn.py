@@ -1,13 +1,17 @@
 """Small convolutional network: conv-relu-pool blocks and a dense head."""
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.models import layers
+from jaxdl.models.registry import Check, all_positive, positive, probability, register
 
+
+@register("cnn")
 class CNN(nn.Module):
     """Conv(-BatchNorm)-ReLU-MaxPool blocks, then Dense-ReLU-Dropout-Dense."""
 
@@ -17,9 +21,14 @@ class CNN(nn.Module):
     dense_features: int = 128
     dropout_rate: float = 0.25
     use_batch_norm: bool = False
-    # Set under jax.pmap/vmap so BatchNorm averages statistics over devices.
-    axis_name: str | None = None
     dtype: Any = jnp.float32
+
+    checks: ClassVar[Mapping[str, Check]] = {
+        "features": all_positive,
+        "kernel_size": positive,
+        "dense_features": positive,
+        "dropout_rate": probability,
+    }
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -34,13 +43,7 @@ class CNN(nn.Module):
                 name=f"conv_{i}",
             )(x)
             if self.use_batch_norm:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=0.9,
-                    axis_name=self.axis_name,
-                    dtype=self.dtype,
-                    name=f"bn_{i}",
-                )(x)
+                x = layers.batch_norm(train, dtype=self.dtype, name=f"bn_{i}")(x)
             x = nn.relu(x)
             # SAME padding lets odd sizes shrink by ceil(n / 2) instead of
             # failing, so tiny 8x8 inputs survive several blocks.
@@ -50,7 +53,3 @@ class CNN(nn.Module):
         x = nn.relu(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {"cnn": (CNN, {})}

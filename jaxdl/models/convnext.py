@@ -7,14 +7,15 @@ LayerNorm + 2x2 stride-2 conv downsampling, then global average pooling,
 LayerNorm and a linear head. Every LayerNorm uses torch's eps of 1e-6.
 """
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxdl.models.layers import StochasticDepth
+from jaxdl.models.registry import Check, all_at_least_one, all_positive, positive, probability, register
 
 LAYER_NORM_EPSILON = 1e-6
 
@@ -60,6 +61,12 @@ class ConvNeXtBlock(nn.Module):
         return x + y
 
 
+@register("convnext_tiny", depths=(3, 3, 9, 3), widths=(96, 192, 384, 768), stochastic_depth_rate=0.1)
+@register("convnext_small", depths=(3, 3, 27, 3), widths=(96, 192, 384, 768), stochastic_depth_rate=0.4)
+@register("convnext_base", depths=(3, 3, 27, 3), widths=(128, 256, 512, 1024), stochastic_depth_rate=0.5)
+@register("convnext_large", depths=(3, 3, 27, 3), widths=(192, 384, 768, 1536), stochastic_depth_rate=0.5)
+# For tests ("convnext_tiny" is the published 28M-parameter model): one block per stage, 8-64 channels.
+@register("convnext_mini", depths=(1, 1, 1, 1), widths=(8, 16, 32, 64), stochastic_depth_rate=0.1, image_size=32)
 class ConvNeXt(nn.Module):
     """ConvNeXt with torchvision's layout; `widths[s]` channels and `depths[s]` blocks in stage s.
 
@@ -80,6 +87,13 @@ class ConvNeXt(nn.Module):
     image_size: int = 224
     cifar_stem: bool = False
     dtype: Any = jnp.float32
+
+    checks: ClassVar[Mapping[str, Check]] = {
+        "depths": all_at_least_one,
+        "widths": all_positive,
+        "stochastic_depth_rate": probability,
+        "image_size": positive,
+    }
 
     def __post_init__(self) -> None:
         """Check that there is one width per stage."""
@@ -127,17 +141,3 @@ class ConvNeXt(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         x = self._norm("head_norm")(x)
         return nn.Dense(self.num_outputs, kernel_init=_KERNEL_INIT, dtype=self.dtype, name="head")(x)
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {
-    "convnext_tiny": (ConvNeXt, dict(depths=(3, 3, 9, 3), widths=(96, 192, 384, 768), stochastic_depth_rate=0.1)),
-    "convnext_small": (ConvNeXt, dict(depths=(3, 3, 27, 3), widths=(96, 192, 384, 768), stochastic_depth_rate=0.4)),
-    "convnext_base": (ConvNeXt, dict(depths=(3, 3, 27, 3), widths=(128, 256, 512, 1024), stochastic_depth_rate=0.5)),
-    "convnext_large": (ConvNeXt, dict(depths=(3, 3, 27, 3), widths=(192, 384, 768, 1536), stochastic_depth_rate=0.5)),
-    # For tests ("convnext_tiny" is the published 28M-parameter model): one block per stage, 8-64 channels.
-    "convnext_mini": (
-        ConvNeXt,
-        dict(depths=(1, 1, 1, 1), widths=(8, 16, 32, 64), stochastic_depth_rate=0.1, image_size=32),
-    ),
-}

@@ -1,28 +1,22 @@
 """DenseNet-BC (Huang et al., 2017) with torchvision's layer layout, so its ImageNet weights import."""
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.models import layers
+from jaxdl.models.registry import Check, all_at_least_one, positive, probability, register
+
 # torchvision initialises every convolution with kaiming_normal_ (fan-in, gain sqrt(2), untruncated).
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+_CONV_INIT = layers.kaiming_normal("fan_in")
 
 
 def _batch_norm_relu(module: nn.Module, name: str, x: jax.Array, train: bool) -> jax.Array:
     """BatchNorm-ReLU as a variable scope `name` directly under `module` (torch's `norm*` layer)."""
-    return nn.relu(
-        nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            axis_name=module.axis_name,
-            dtype=module.dtype,
-            name=name,
-        )(x)
-    )
+    return nn.relu(layers.batch_norm(train, dtype=module.dtype, name=name)(x))
 
 
 class _DenseLayer(nn.Module):
@@ -31,7 +25,6 @@ class _DenseLayer(nn.Module):
     growth_rate: int
     bn_size: int
     dropout_rate: float
-    axis_name: str | None
     dtype: Any
 
     @nn.compact
@@ -68,7 +61,6 @@ class _DenseBlock(nn.Module):
     growth_rate: int
     bn_size: int
     dropout_rate: float
-    axis_name: str | None
     dtype: Any
 
     @nn.compact
@@ -80,7 +72,6 @@ class _DenseBlock(nn.Module):
                 self.growth_rate,
                 self.bn_size,
                 self.dropout_rate,
-                self.axis_name,
                 self.dtype,
                 name=f"denselayer{j + 1}",
             )(inputs, train)
@@ -92,7 +83,6 @@ class _Transition(nn.Module):
     """BN-ReLU-Conv1x1 (compressing the channels) then 2x2 average pooling with stride 2 (floor, like torch)."""
 
     features: int
-    axis_name: str | None
     dtype: Any
 
     @nn.compact
@@ -110,6 +100,22 @@ class _Transition(nn.Module):
         return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
+def _compression(field: str, value: Any) -> None:
+    """A transition's channel fraction: in (0, 1]."""
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{field}={value!r} is not valid; it must be in (0, 1]")
+
+
+def _variant(growth_rate: int, block_config: tuple[int, ...], num_init_features: int) -> dict[str, Any]:
+    return {"growth_rate": growth_rate, "block_config": block_config, "num_init_features": num_init_features}
+
+
+@register("densenet121", **_variant(32, (6, 12, 24, 16), 64))
+@register("densenet161", **_variant(48, (6, 12, 36, 24), 96))
+@register("densenet169", **_variant(32, (6, 12, 32, 32), 64))
+@register("densenet201", **_variant(32, (6, 12, 48, 32), 64))
+# For tests: every feature of the family (four blocks, transitions, bottlenecks) at a few channels.
+@register("densenet_tiny", **_variant(8, (2, 2, 2, 2), 16), bn_size=2, image_size=32)
 class DenseNet(nn.Module):
     """DenseNet-BC as in torchvision: stem, dense blocks joined by transitions, BN-ReLU, global average pool, head.
 
@@ -130,7 +136,6 @@ class DenseNet(nn.Module):
       dropout_rate: dropout on each dense layer's new features (torchvision's drop_rate, default 0).
       image_size: reference input resolution.
       cifar_stem: use the 3x3 stride-1 stem without max-pool for 32x32 inputs.
-      axis_name: batch axis name for cross-device BatchNorm statistics.
       dtype: computation dtype (parameters stay float32).
     """
 
@@ -143,8 +148,17 @@ class DenseNet(nn.Module):
     dropout_rate: float = 0.0
     image_size: int = 224
     cifar_stem: bool = False
-    axis_name: str | None = None
     dtype: Any = jnp.float32
+
+    checks: ClassVar[Mapping[str, Check]] = {
+        "growth_rate": positive,
+        "block_config": all_at_least_one,
+        "num_init_features": positive,
+        "bn_size": positive,
+        "compression": _compression,
+        "dropout_rate": probability,
+        "image_size": positive,
+    }
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -174,30 +188,14 @@ class DenseNet(nn.Module):
                 self.growth_rate,
                 self.bn_size,
                 self.dropout_rate,
-                self.axis_name,
                 self.dtype,
                 name=f"denseblock{i + 1}",
             )(x, train)
             channels += num_layers * self.growth_rate
             if i != len(self.block_config) - 1:
                 channels = int(channels * self.compression)
-                x = _Transition(channels, self.axis_name, self.dtype, name=f"transition{i + 1}")(x, train)
+                x = _Transition(channels, self.dtype, name=f"transition{i + 1}")(x, train)
 
         x = _batch_norm_relu(self, "norm5", x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)
-
-
-def _variant(growth_rate: int, block_config: tuple[int, ...], num_init_features: int) -> dict[str, Any]:
-    return {"growth_rate": growth_rate, "block_config": block_config, "num_init_features": num_init_features}
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {
-    "densenet121": (DenseNet, _variant(32, (6, 12, 24, 16), 64)),
-    "densenet161": (DenseNet, _variant(48, (6, 12, 36, 24), 96)),
-    "densenet169": (DenseNet, _variant(32, (6, 12, 32, 32), 64)),
-    "densenet201": (DenseNet, _variant(32, (6, 12, 48, 32), 64)),
-    # For tests: every feature of the family (four blocks, transitions, bottlenecks) at a few channels.
-    "densenet_tiny": (DenseNet, {**_variant(8, (2, 2, 2, 2), 16), "bn_size": 2, "image_size": 32}),
-}

@@ -9,14 +9,15 @@ pooling, dropout and a linear head. The B1-B7 variants scale the B0 widths by
 """
 
 import math
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.models.layers import StochasticDepth
+from jaxdl.models import layers
+from jaxdl.models.registry import Check, positive, probability, register
 
 # One row per stage of the B0 baseline, before scaling:
 # (expand_ratio, kernel, stride, in_channels, out_channels, num_layers).
@@ -31,7 +32,7 @@ B0_SETTING: tuple[tuple[int, int, int, int, int, int], ...] = (
 )
 
 # torch's kaiming_normal_(mode="fan_out") for convs and U(-1/sqrt(out), 1/sqrt(out)) for the head.
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_CONV_INIT = layers.kaiming_normal("fan_out")
 _HEAD_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
 
 
@@ -89,7 +90,7 @@ def mbconv_specs(
     n total gets `stochastic_depth_rate * i / n`.
     """
     stages = []
-    for expand_ratio, kernel, stride, in_ch, out_ch, layers in block_setting:
+    for expand_ratio, kernel, stride, in_ch, out_ch, num_layers in block_setting:
         stages.append(
             (
                 expand_ratio,
@@ -97,13 +98,13 @@ def mbconv_specs(
                 int(stride),
                 make_divisible(in_ch * width_mult),
                 make_divisible(out_ch * width_mult),
-                scale_depth(int(layers), depth_mult),
+                scale_depth(int(num_layers), depth_mult),
             )
         )
     total = sum(stage[-1] for stage in stages)
     specs: list[MBConvSpec] = []
-    for stage_id, (expand_ratio, kernel, stride, in_ch, out_ch, layers) in enumerate(stages, start=1):
-        for index in range(layers):
+    for stage_id, (expand_ratio, kernel, stride, in_ch, out_ch, num_layers) in enumerate(stages, start=1):
+        for index in range(num_layers):
             block_in = in_ch if index == 0 else out_ch
             specs.append(
                 MBConvSpec(
@@ -142,8 +143,7 @@ class MBConv(nn.Module):
 
     spec: MBConvSpec
     bn_epsilon: float = 1e-5
-    bn_momentum: float = 0.9
-    axis_name: str | None = None
+    bn_momentum: float = 0.1
     dtype: Any = jnp.float32
 
     def _conv_bn(self, x: jax.Array, features: int, kernel: int, stride: int, groups: int, name: str, train: bool):
@@ -159,13 +159,8 @@ class MBConv(nn.Module):
             dtype=self.dtype,
             name=f"{name}_conv",
         )(x)
-        return nn.BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.axis_name,
-            dtype=self.dtype,
-            name=f"{name}_bn",
+        return layers.batch_norm(
+            train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype, name=f"{name}_bn"
         )(x)
 
     @nn.compact
@@ -182,10 +177,29 @@ class MBConv(nn.Module):
         y = SqueezeExcitation(spec.squeeze_channels, dtype=self.dtype, name="se")(y)
         y = self._conv_bn(y, spec.out_channels, 1, 1, 1, "project", train)
         if spec.residual:
-            y = StochasticDepth(spec.stochastic_depth_rate, name="stochastic_depth")(y, train) + x
+            y = layers.StochasticDepth(spec.stochastic_depth_rate, name="stochastic_depth")(y, train) + x
         return y
 
 
+def _variant(width_mult: float, depth_mult: float, image_size: int, dropout: float, large: bool = False) -> dict:
+    defaults: dict[str, Any] = dict(
+        width_mult=width_mult, depth_mult=depth_mult, image_size=image_size, dropout_rate=dropout
+    )
+    if large:
+        defaults.update(bn_epsilon=1e-3, bn_momentum=0.01)
+    return defaults
+
+
+@register("efficientnet_b0", **_variant(1.0, 1.0, 224, 0.2))
+@register("efficientnet_b1", **_variant(1.0, 1.1, 240, 0.2))
+@register("efficientnet_b2", **_variant(1.1, 1.2, 260, 0.3))
+@register("efficientnet_b3", **_variant(1.2, 1.4, 300, 0.3))
+@register("efficientnet_b4", **_variant(1.4, 1.8, 380, 0.4))
+@register("efficientnet_b5", **_variant(1.6, 2.2, 456, 0.4, large=True))
+@register("efficientnet_b6", **_variant(1.8, 2.6, 528, 0.5, large=True))
+@register("efficientnet_b7", **_variant(2.0, 3.1, 600, 0.5, large=True))
+# For tests: 8-80 channels and one block per stage.
+@register("efficientnet_tiny", **_variant(0.25, 0.25, 32, 0.2))
 class EfficientNet(nn.Module):
     """EfficientNet (v1) with torchvision's layout and compound scaling.
 
@@ -203,15 +217,23 @@ class EfficientNet(nn.Module):
     block_setting: Sequence[Sequence[float]] = B0_SETTING
     dropout_rate: float = 0.2
     stochastic_depth_rate: float = 0.2
-    # torch's BatchNorm2d eps and momentum (flax momentum = 1 - torch momentum): B0-B4 use
-    # torch's defaults (1e-5, 0.1); torchvision builds B5-B7 with (1e-3, 0.01).
+    # torch's BatchNorm2d eps and momentum (torch's convention: the weight of the new batch):
+    # B0-B4 use torch's defaults (1e-5, 0.1); torchvision builds B5-B7 with (1e-3, 0.01).
     bn_epsilon: float = 1e-5
-    bn_momentum: float = 0.9
+    bn_momentum: float = 0.1
     image_size: int = 224
     cifar_stem: bool = False
-    # Set under jax.pmap/vmap so BatchNorm averages statistics over devices.
-    axis_name: str | None = None
     dtype: Any = jnp.float32
+
+    checks: ClassVar[Mapping[str, Check]] = {
+        "width_mult": positive,
+        "depth_mult": positive,
+        "dropout_rate": probability,
+        "stochastic_depth_rate": probability,
+        "bn_epsilon": positive,
+        "bn_momentum": probability,
+        "image_size": positive,
+    }
 
     def block_specs(self) -> list[MBConvSpec]:
         """The resolved MBConv blocks, in order."""
@@ -222,14 +244,7 @@ class EfficientNet(nn.Module):
         return make_divisible(self.block_setting[0][3] * self.width_mult)
 
     def _bn(self, train: bool, name: str) -> nn.BatchNorm:
-        return nn.BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.axis_name,
-            dtype=self.dtype,
-            name=name,
-        )
+        return layers.batch_norm(train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -252,7 +267,6 @@ class EfficientNet(nn.Module):
                 spec,
                 bn_epsilon=self.bn_epsilon,
                 bn_momentum=self.bn_momentum,
-                axis_name=self.axis_name,
                 dtype=self.dtype,
                 name=f"stage{spec.stage}_{spec.index}",
             )(x, train)
@@ -270,25 +284,3 @@ class EfficientNet(nn.Module):
         return nn.Dense(
             self.num_outputs, kernel_init=_HEAD_INIT, bias_init=nn.initializers.zeros, dtype=self.dtype, name="head"
         )(x)
-
-
-def _variant(width: float, depth: float, image_size: int, dropout: float, large: bool = False) -> dict[str, Any]:
-    defaults: dict[str, Any] = dict(width_mult=width, depth_mult=depth, image_size=image_size, dropout_rate=dropout)
-    if large:
-        defaults.update(bn_epsilon=1e-3, bn_momentum=0.99)
-    return defaults
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {
-    "efficientnet_b0": (EfficientNet, _variant(1.0, 1.0, 224, 0.2)),
-    "efficientnet_b1": (EfficientNet, _variant(1.0, 1.1, 240, 0.2)),
-    "efficientnet_b2": (EfficientNet, _variant(1.1, 1.2, 260, 0.3)),
-    "efficientnet_b3": (EfficientNet, _variant(1.2, 1.4, 300, 0.3)),
-    "efficientnet_b4": (EfficientNet, _variant(1.4, 1.8, 380, 0.4)),
-    "efficientnet_b5": (EfficientNet, _variant(1.6, 2.2, 456, 0.4, large=True)),
-    "efficientnet_b6": (EfficientNet, _variant(1.8, 2.6, 528, 0.5, large=True)),
-    "efficientnet_b7": (EfficientNet, _variant(2.0, 3.1, 600, 0.5, large=True)),
-    # For tests: 8-80 channels and one block per stage.
-    "efficientnet_tiny": (EfficientNet, _variant(0.25, 0.25, 32, 0.2)),
-}

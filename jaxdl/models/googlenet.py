@@ -1,11 +1,15 @@
 """GoogLeNet (Inception v1, Szegedy et al., 2015) laid out like torchvision's, so its ImageNet weights import."""
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxdl.models import layers
+from jaxdl.models.registry import Check, positive, probability, register
 
 # torchvision draws conv and linear weights from N(0, 0.01) truncated at +-2 (absolute), i.e. untruncated in effect.
 _INIT = nn.initializers.normal(0.01)
@@ -71,7 +75,6 @@ class BasicConv2d(nn.Module):
     kernel: int
     stride: int = 1
     padding: int = 0
-    axis_name: str | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -88,14 +91,7 @@ class BasicConv2d(nn.Module):
             dtype=self.dtype,
             name="conv",
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-3,
-            axis_name=self.axis_name,
-            dtype=self.dtype,
-            name="bn",
-        )(x)
+        x = layers.batch_norm(train, epsilon=1e-3, dtype=self.dtype, name="bn")(x)
         return nn.relu(x)
 
 
@@ -107,7 +103,6 @@ class Inception(nn.Module):
     """
 
     channels: tuple[int, int, int, int, int, int]
-    axis_name: str | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -115,7 +110,7 @@ class Inception(nn.Module):
         """Applies the module to NHWC `x`."""
         ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj = self.channels
         conv = lambda features, kernel, name: BasicConv2d(
-            features, kernel, padding=kernel // 2, axis_name=self.axis_name, dtype=self.dtype, name=name
+            features, kernel, padding=kernel // 2, dtype=self.dtype, name=name
         )
         branch1 = conv(ch1x1, 1, "branch1")(x, train)
         branch2 = conv(ch3x3, 3, "branch2_1")(conv(ch3x3red, 1, "branch2_0")(x, train), train)
@@ -132,14 +127,13 @@ class InceptionAux(nn.Module):
     conv_features: int = 128
     hidden_features: int = 1024
     dropout_rate: float = 0.7
-    axis_name: str | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits of shape (batch, num_outputs) from an NHWC feature map."""
         x = adaptive_avg_pool(x, (4, 4))
-        x = BasicConv2d(self.conv_features, 1, axis_name=self.axis_name, dtype=self.dtype, name="conv")(x, train)
+        x = BasicConv2d(self.conv_features, 1, dtype=self.dtype, name="conv")(x, train)
         # torch flattens N x C x 4 x 4, so fc1's input order is channel-major.
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape((x.shape[0], -1))
         x = nn.Dense(self.hidden_features, kernel_init=_INIT, dtype=self.dtype, name="fc1")(x)
@@ -148,6 +142,9 @@ class InceptionAux(nn.Module):
         return nn.Dense(self.num_outputs, kernel_init=_INIT, dtype=self.dtype, name="fc2")(x)
 
 
+@register("googlenet")
+# For tests: the full topology (nine inception modules, both aux heads) at 1/8 of the channels.
+@register("googlenet_tiny", width=0.125, image_size=32)
 class GoogLeNet(nn.Module):
     """GoogLeNet / Inception v1 as in torchvision, with the two auxiliary classifiers used in training.
 
@@ -173,7 +170,6 @@ class GoogLeNet(nn.Module):
       width: multiplier on every channel count (1.0 = torchvision's GoogLeNet); for small test models.
       image_size: reference input resolution.
       cifar_stem: use the 3x3 stride-1 stem without max-pools for 32x32 inputs.
-      axis_name: batch axis name for cross-device BatchNorm statistics.
       dtype: computation dtype (parameters stay float32).
     """
 
@@ -185,8 +181,14 @@ class GoogLeNet(nn.Module):
     width: float = 1.0
     image_size: int = 224
     cifar_stem: bool = False
-    axis_name: str | None = None
     dtype: Any = jnp.float32
+
+    checks: ClassVar[Mapping[str, Check]] = {
+        "dropout_rate": probability,
+        "aux_dropout_rate": probability,
+        "width": positive,
+        "image_size": positive,
+    }
 
     def _channels(self, channels: int) -> int:
         return max(1, round(channels * self.width))
@@ -195,7 +197,7 @@ class GoogLeNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
         """Logits (batch, num_outputs), or (logits, aux1, aux2) when training with aux_logits."""
         c = self._channels
-        common = {"axis_name": self.axis_name, "dtype": self.dtype}
+        common = {"dtype": self.dtype}
         if self.transform_input:
             scale = jnp.asarray([s / 0.5 for s in _IMAGENET_STD], x.dtype)
             shift = jnp.asarray([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN], x.dtype)
@@ -237,11 +239,3 @@ class GoogLeNet(nn.Module):
         if self.aux_logits and train:
             return logits, aux[0], aux[1]
         return logits
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {
-    "googlenet": (GoogLeNet, {}),
-    # For tests: the full topology (nine inception modules, both aux heads) at 1/8 of the channels.
-    "googlenet_tiny": (GoogLeNet, {"width": 0.125, "image_size": 32}),
-}

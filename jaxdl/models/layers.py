@@ -1,8 +1,73 @@
-"""Layers shared by several model families."""
+"""Layers shared by several model families: torch-style BatchNorm, Kaiming init, stochastic depth."""
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+# The mapped axis BatchNorm averages its batch statistics over; read when a model is traced.
+_BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_norm_axis", default=None)
+
+
+@contextlib.contextmanager
+def batch_norm_axis(axis_name: str | None) -> Iterator[None]:
+    """Within this context, every `batch_norm` traced averages its statistics over mapped axis `axis_name`.
+
+    For `jax.pmap(step, axis_name="batch")`: enter the context around the
+    traced step (it is read at trace time, like flax's `nn.logical_axis_rules`),
+    so BatchNorm sees the global batch rather than each device's shard. Under
+    jit over a sharded global batch no axis is needed. Models carry no axis
+    field, because only BatchNorm needs one.
+
+    The axis is not part of jit's or pmap's cache key: trace a function either
+    always or never inside this context (wrap it in a new function otherwise).
+    """
+    token = _BATCH_NORM_AXIS.set(axis_name)
+    try:
+        yield
+    finally:
+        _BATCH_NORM_AXIS.reset(token)
+
+
+def current_batch_norm_axis() -> str | None:
+    """The axis set by the innermost `batch_norm_axis` context, or None."""
+    return _BATCH_NORM_AXIS.get()
+
+
+def batch_norm(
+    train: bool,
+    *,
+    name: str,
+    dtype: Any = jnp.float32,
+    momentum: float = 0.1,
+    epsilon: float = 1e-5,
+    scale_init: nn.initializers.Initializer = nn.initializers.ones,
+) -> nn.BatchNorm:
+    """torch's BatchNorm2d as a flax BatchNorm: batch statistics in training, running averages in evaluation.
+
+    `momentum` is torch's (the weight of the new batch; flax's momentum is
+    1 - momentum). Variables are `params/<name>/{scale,bias}` and
+    `batch_stats/<name>/{mean,var}`. Statistics are averaged over the axis of
+    the enclosing `batch_norm_axis` context, if any.
+    """
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=1.0 - momentum,
+        epsilon=epsilon,
+        axis_name=_BATCH_NORM_AXIS.get(),
+        dtype=dtype,
+        scale_init=scale_init,
+        name=name,
+    )
+
+
+def kaiming_normal(mode: str = "fan_out") -> nn.initializers.Initializer:
+    """torch's `kaiming_normal_(nonlinearity="relu")`: N(0, 2 / fan), untruncated; `mode` is "fan_in" or "fan_out"."""
+    return nn.initializers.variance_scaling(2.0, mode, "normal")
 
 
 class StochasticDepth(nn.Module):

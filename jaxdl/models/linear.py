@@ -6,7 +6,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.models.registry import register
 
+
+@register("logistic_regression")
 class LogisticRegression(nn.Module):
     """Linear model producing logits; the task applies sigmoid or softmax."""
 
@@ -20,7 +23,3 @@ class LogisticRegression(nn.Module):
         del train
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="dense")(x)
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {"logistic_regression": (LogisticRegression, {})}

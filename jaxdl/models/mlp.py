@@ -1,11 +1,13 @@
 """Multi-layer perceptron with configurable hidden layers and activation."""
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxdl.models.registry import Check, all_positive, probability, register
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": nn.gelu,
@@ -24,6 +26,7 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"unknown activation {name!r}; choose one of: {choices}") from None
 
 
+@register("mlp")
 class MLP(nn.Module):
     """Fully connected net: Dense+activation(+dropout) layers, Dense head."""
 
@@ -32,6 +35,8 @@ class MLP(nn.Module):
     activation: str = "tanh"
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+
+    checks: ClassVar[Mapping[str, Check]] = {"hidden_sizes": all_positive, "dropout_rate": probability}
 
     def __post_init__(self) -> None:
         """Validate the activation name at construction, not at first call."""
@@ -51,7 +56,3 @@ class MLP(nn.Module):
             if self.dropout_rate > 0.0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {"mlp": (MLP, {})}

@@ -7,31 +7,27 @@ Layer names follow torchvision so PyTorch weights import one to one: the stem is
 (torch `fc`).
 """
 
-from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.models import layers
+from jaxdl.models.registry import Check, all_at_least_one, positive, register
+
 # torchvision initialises every conv with Kaiming-normal over the fan-out.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+conv_init = layers.kaiming_normal("fan_out")
 
 # Output channels of a block relative to its inner width.
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
 def _batch_norm(module: nn.Module, train: bool, name: str, zero_scale: bool = False) -> nn.BatchNorm:
-    """A torch-equivalent BatchNorm2d (momentum 0.1, eps 1e-5) configured from `module`'s fields."""
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        axis_name=module.axis_name,
-        dtype=module.dtype,
-        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-        name=name,
-    )
+    """torch's BatchNorm2d in `module`'s dtype; `zero_scale` starts its scale at 0 (zero_init_residual)."""
+    scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+    return layers.batch_norm(train, dtype=module.dtype, scale_init=scale_init, name=name)
 
 
 def _conv(module: nn.Module, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
@@ -61,7 +57,6 @@ class BasicBlock(nn.Module):
     projection: bool = False
     residual: bool = True
     zero_init_last_bn: bool = False
-    axis_name: str | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -82,7 +77,6 @@ class Bottleneck(nn.Module):
     projection: bool = False
     residual: bool = True
     zero_init_last_bn: bool = False
-    axis_name: str | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -139,6 +133,14 @@ def block_specs(model: "ResNet") -> Iterator[BlockSpec]:
             in_features = features * expansion
 
 
+@register("resnet18", block="basic", stage_sizes=(2, 2, 2, 2))
+@register("resnet34", block="basic", stage_sizes=(3, 4, 6, 3))
+@register("resnet50", block="bottleneck", stage_sizes=(3, 4, 6, 3))
+@register("resnet101", block="bottleneck", stage_sizes=(3, 4, 23, 3))
+@register("resnet152", block="bottleneck", stage_sizes=(3, 8, 36, 3))
+@register("plain18", block="basic", stage_sizes=(2, 2, 2, 2), residual=False)
+@register("plain34", block="basic", stage_sizes=(3, 4, 6, 3), residual=False)
+@register("resnet_tiny", block="basic", stage_sizes=(1, 1, 1, 1), width=8, image_size=32)
 class ResNet(nn.Module):
     """ResNet v1.5 (torchvision layout) or, with `residual=False`, the paper's plain network.
 
@@ -157,7 +159,6 @@ class ResNet(nn.Module):
       cifar_stem: replace the 7x7 stride-2 conv and the 3x3 max-pool with one
         3x3 stride-1 conv and no pooling (the usual stem for 32x32 CIFAR images),
         so the four stages see 32, 16, 8 and 4 pixels.
-      axis_name: set under pmap/vmap so BatchNorm averages statistics over devices.
       dtype: compute dtype; parameters stay float32.
     """
 
@@ -169,8 +170,9 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     image_size: int = 224
     cifar_stem: bool = False
-    axis_name: str | None = None
     dtype: Any = jnp.float32
+
+    checks: ClassVar[Mapping[str, Check]] = {"stage_sizes": all_at_least_one, "width": positive, "image_size": positive}
 
     def __post_init__(self) -> None:
         """Validate the block type at construction, not at first call."""
@@ -197,22 +199,8 @@ class ResNet(nn.Module):
                 projection=spec.projection,
                 residual=self.residual,
                 zero_init_last_bn=self.zero_init_residual,
-                axis_name=self.axis_name,
                 dtype=self.dtype,
                 name=f"layer{spec.stage}_{spec.index}",
             )(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {
-    "resnet18": (ResNet, {"block": "basic", "stage_sizes": (2, 2, 2, 2)}),
-    "resnet34": (ResNet, {"block": "basic", "stage_sizes": (3, 4, 6, 3)}),
-    "resnet50": (ResNet, {"block": "bottleneck", "stage_sizes": (3, 4, 6, 3)}),
-    "resnet101": (ResNet, {"block": "bottleneck", "stage_sizes": (3, 4, 23, 3)}),
-    "resnet152": (ResNet, {"block": "bottleneck", "stage_sizes": (3, 8, 36, 3)}),
-    "plain18": (ResNet, {"block": "basic", "stage_sizes": (2, 2, 2, 2), "residual": False}),
-    "plain34": (ResNet, {"block": "basic", "stage_sizes": (3, 4, 6, 3), "residual": False}),
-    "resnet_tiny": (ResNet, {"block": "basic", "stage_sizes": (1, 1, 1, 1), "width": 8, "image_size": 32}),
-}

@@ -30,11 +30,14 @@ direction. Outputs at padded steps are zero, as in PyTorch's `pad_packed_sequenc
 
 import functools
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxdl.models.registry import Check, at_least_one, non_negative, positive, probability, register
 
 # Gates fused into one matrix per cell type.
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -211,24 +214,22 @@ class RecurrentLayer(nn.Module):
         return outputs, last
 
 
+@register("rnn", cell="rnn")
+@register("lstm", cell="lstm")
+@register("gru", cell="gru")
 class RecurrentNet(nn.Module):
     """Stacked (bidirectional) Elman RNN / LSTM / GRU with a Dense head; see the module docstring.
 
     Input: float features [B, T, F] ([B, T] is read as F = 1), or, with
-    `vocab_size > 0`, token ids [B, T] (floats are cast to int32; id 0 is padding
-    and the lengths are the counts of non-zero ids), embedded by `embed`.
-    `lengths` [B] marks each sequence's valid prefix.
+    `vocab_size > 0`, integer token ids [B, T] (id 0 is padding and the lengths
+    are the counts of non-zero ids; float ids are a TypeError), embedded by
+    `embed`. `lengths` [B] marks each sequence's valid prefix.
 
     `output='last'`: the head sees the final hidden state of the last layer,
     [B, H] (for bidirectional, [forward final, backward final], [B, 2H]), and
     returns [B, num_outputs]. `output='sequence'`: the head sees every step's
     output, returning [B, T, num_outputs]. `num_outputs=0` means no head: the
     hidden features themselves are returned.
-
-    `forecast_change=True` (float inputs, `output='last'`): the head predicts the
-    change from the last observed value, which is added back, y = x_T + head(h).
-    A trending series then extrapolates past the range seen in training, which a
-    bounded (tanh) state cannot do on its own.
     """
 
     num_outputs: int
@@ -243,8 +244,16 @@ class RecurrentNet(nn.Module):
     output: str = "last"
     vocab_size: int = 0
     embed_dim: int = 32
-    forecast_change: bool = False
     dtype: Any = jnp.float32
+
+    checks: ClassVar[Mapping[str, Check]] = {
+        "hidden_size": positive,
+        "num_layers": at_least_one,
+        "dropout_rate": probability,
+        "unroll": at_least_one,
+        "vocab_size": non_negative,
+        "embed_dim": positive,
+    }
 
     def __post_init__(self) -> None:
         """Validate the cell and output names at construction."""
@@ -252,15 +261,15 @@ class RecurrentNet(nn.Module):
             raise ValueError(f"unknown cell {self.cell!r}; choose one of: {', '.join(GATES)}")
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}; choose one of: {', '.join(OUTPUTS)}")
-        if self.forecast_change and (self.output != "last" or self.vocab_size > 0 or self.num_outputs == 0):
-            raise ValueError("forecast_change needs float inputs, output='last' and a head (num_outputs > 0)")
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, lengths: jax.Array | None = None) -> jax.Array:
         """Return [B, num_outputs] ('last') or [B, T, num_outputs] ('sequence'); see the class docstring."""
         if self.vocab_size > 0:
-            ids = jnp.asarray(x).astype(jnp.int32)
+            ids = jnp.asarray(x)
+            if not jnp.issubdtype(ids.dtype, jnp.integer):
+                raise TypeError(f"token ids must be integers (vocab_size={self.vocab_size}); got {ids.dtype}")
             if lengths is None:
                 lengths = jnp.sum(ids != 0, axis=1)
             x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(ids)
@@ -271,11 +280,6 @@ class RecurrentNet(nn.Module):
         # Time-major inside: the scan runs over the leading axis.
         h = jnp.swapaxes(x.astype(self.dtype), 0, 1)
         num_steps = h.shape[0]
-        last_value = (
-            h[-1, :, :1]
-            if lengths is None
-            else jnp.take_along_axis(x, (jnp.asarray(lengths) - 1)[:, None, None], axis=1)[:, 0, :1].astype(self.dtype)
-        )
         mask = None if lengths is None else jnp.arange(num_steps)[:, None] < jnp.asarray(lengths)[None, :]
         directions = (False, True) if self.bidirectional else (False,)
         for k in range(self.num_layers):
@@ -301,13 +305,4 @@ class RecurrentNet(nn.Module):
             features = jnp.swapaxes(h, 0, 1)
         if self.num_outputs == 0:
             return features
-        y = nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(features)
-        return y + last_value if self.forecast_change else y
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {
-    "rnn": (RecurrentNet, {"cell": "rnn"}),
-    "lstm": (RecurrentNet, {"cell": "lstm"}),
-    "gru": (RecurrentNet, {"cell": "gru"}),
-}
+        return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(features)

@@ -35,7 +35,8 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdl.convert import abstract_variables
+from jaxdl.models.registry import create_model
+from jaxdl.models.shapes import abstract_variables, count_params, default_input_shape
 
 
 @dataclasses.dataclass
@@ -82,7 +83,7 @@ class ModelSummary:
 def _input_shape(model: nn.Module, input_size: int | Sequence[int] | None) -> tuple[int, int, int, int]:
     """One NHWC image: `input_size` (an int or (height, width)), else the model's image_size, else 224."""
     if input_size is None:
-        input_size = getattr(model, "image_size", None) or 224
+        return default_input_shape(model)
     height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     return (1, int(height), int(width), 3)
 
@@ -145,10 +146,8 @@ def mac_flops(name: str, input_size: int | Sequence[int] | None = None, **kwargs
     The convention of published FLOP counts (torchvision's 2 x `_ops`): only
     convolutions and matrix products, zero padding included.
     """
-    from jaxdl import models
-
     kwargs.setdefault("num_outputs", 1000)
-    model = models.create_model(name, **kwargs)
+    model = create_model(name, **kwargs)
     return model_mac_flops(model, _input_shape(model, input_size))
 
 
@@ -212,15 +211,15 @@ def analyze(model: nn.Module, input_shape: Sequence[int], name: str | None = Non
     for key, module, method, args, kwargs, output in calls:
         sub_vars = subtree(key)
         # A shared submodule called twice costs twice but owns its parameters once.
-        params = 0 if key in seen else _size(sub_vars.get("params", {}))
+        params = 0 if key in seen else count_params(sub_vars.get("params", {}))
         seen.add(key)
         flops = _call_flops(module, method, sub_vars, args, kwargs)
         label = key if method == "__call__" else f"{key}.{method}"
         rows.append(LayerRow(label, type(module).__name__, _shape_text(output), params, flops))
     for key, tree in variables.get("params", {}).items():
         if isinstance(tree, dict) and key not in seen:
-            rows.append(LayerRow(key, "(not called at inference)", "-", _size(tree), 0.0))
-    total_params = _size(variables.get("params", {}))
+            rows.append(LayerRow(key, "(not called at inference)", "-", count_params(tree), 0.0))
+    total_params = count_params(variables.get("params", {}))
     own_params = total_params - sum(row.params for row in rows)
     return ModelSummary(
         name=name or type(model).__name__,
@@ -233,10 +232,6 @@ def analyze(model: nn.Module, input_shape: Sequence[int], name: str | None = Non
     )
 
 
-def _size(tree: Any) -> int:
-    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
-
-
 def _forward(model: nn.Module) -> Callable:
     return lambda variables, x: model.apply(variables, x, train=False)
 
@@ -245,7 +240,7 @@ def params_and_flops(model: nn.Module, input_shape: Sequence[int]) -> tuple[int,
     """`model`'s parameter count and forward FLOPs (train=False) for an input of `input_shape`."""
     sample = jax.ShapeDtypeStruct(tuple(int(d) for d in input_shape), jnp.float32)
     variables = abstract_variables(model, sample.shape)
-    return _size(variables.get("params", {})), lowered_flops(_forward(model), variables, sample)
+    return count_params(variables.get("params", {})), lowered_flops(_forward(model), variables, sample)
 
 
 def summary(name: str, input_size: int | Sequence[int] | None = None, num_outputs: int = 1000, **kwargs: Any) -> str:
@@ -258,9 +253,7 @@ def summary(name: str, input_size: int | Sequence[int] | None = None, num_output
       num_outputs: number of classes.
       **kwargs: further model hyperparameters.
     """
-    from jaxdl import models
-
-    model = models.create_model(name, num_outputs=num_outputs, **kwargs)
+    model = create_model(name, num_outputs=num_outputs, **kwargs)
     return analyze(model, _input_shape(model, input_size), name=name).render()
 
 
@@ -271,10 +264,8 @@ def flops(name: str, input_size: int | Sequence[int] | None = None, **kwargs: An
     the model's `image_size`; `kwargs` are model hyperparameters
     (num_outputs defaults to 1000).
     """
-    from jaxdl import models
-
     kwargs.setdefault("num_outputs", 1000)
-    model = models.create_model(name, **kwargs)
+    model = create_model(name, **kwargs)
     return params_and_flops(model, _input_shape(model, input_size))[1]
 
 

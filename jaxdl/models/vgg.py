@@ -7,13 +7,16 @@ and the last one (`classifier.6`) is `head`.
 """
 
 import math
-from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxdl.models import layers
+from jaxdl.models.registry import Check, positive, probability, register
 
 # Convolution widths, "M" for a 2x2 max-pool; the letters are the paper's columns.
 CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -24,7 +27,7 @@ CONFIGS: dict[str, tuple[int | str, ...]] = {
 }
 
 # torchvision's initialisation: Kaiming-normal (fan-out) convs, N(0, 0.01) linears, zero biases.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+conv_init = layers.kaiming_normal("fan_out")
 dense_init = nn.initializers.normal(0.01)
 
 # Spatial size the classifier sees; torchvision's AdaptiveAvgPool2d((7, 7)).
@@ -37,12 +40,12 @@ def resolve_config(config: str | Sequence[int | str]) -> tuple[int | str, ...]:
         try:
             return CONFIGS[config]
         except KeyError:
-            raise ValueError(f"unknown VGG config {config!r}; choose one of: {', '.join(CONFIGS)}") from None
-    layers = tuple(config)
-    for item in layers:
+            raise ValueError(f"config={config!r} is not valid; choose one of: {', '.join(CONFIGS)}") from None
+    entries = tuple(config)
+    for item in entries:
         if item != "M" and not (isinstance(item, int) and item > 0):
-            raise ValueError(f"VGG config entries must be positive ints or 'M', got {item!r}")
-    return layers
+            raise ValueError(f"config={entries!r} is not valid; every width must be > 0 (or 'M' for a max-pool)")
+    return entries
 
 
 class FeatureLayer(NamedTuple):
@@ -94,6 +97,16 @@ def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
     return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
 
 
+def _register_variants(cls: type[nn.Module]) -> type[nn.Module]:
+    """Registers torchvision's vgg11 ... vgg19 and their `_bn` twins (paper columns A, B, D, E), and vgg_tiny."""
+    for depth, letter in ((11, "A"), (13, "B"), (16, "D"), (19, "E")):
+        register(f"vgg{depth}", config=letter, batch_norm=False)(cls)
+        register(f"vgg{depth}_bn", config=letter, batch_norm=True)(cls)
+    return cls
+
+
+@_register_variants
+@register("vgg_tiny", config=(8, "M", 16, "M", 32, 32, "M"), batch_norm=True, classifier_width=32, image_size=32)
 class VGG(nn.Module):
     """VGG: 3x3 conv(-BatchNorm)-ReLU layers with 2x2 max-pools, then a three-layer classifier.
 
@@ -111,7 +124,6 @@ class VGG(nn.Module):
         torchvision's AdaptiveAvgPool2d((7, 7)) and its 7*7*C inputs (which at 1x1
         would only copy each value 49 times); the hidden width defaults to 512.
         The convolutions are unchanged, as in the common CIFAR VGG recipes.
-      axis_name: set under pmap/vmap so BatchNorm averages statistics over devices.
       dtype: compute dtype; parameters stay float32.
 
     Without `cifar_stem` the features go through torch's adaptive average pool
@@ -126,8 +138,14 @@ class VGG(nn.Module):
     dropout_rate: float = 0.5
     image_size: int = 224
     cifar_stem: bool = False
-    axis_name: str | None = None
     dtype: Any = jnp.float32
+
+    # The conv widths are checked by `resolve_config`.
+    checks: ClassVar[Mapping[str, Check]] = {
+        "classifier_width": positive,
+        "dropout_rate": probability,
+        "image_size": positive,
+    }
 
     def __post_init__(self) -> None:
         """Validate the layer config at construction, not at first call."""
@@ -157,14 +175,7 @@ class VGG(nn.Module):
                 name=f"features_{layer.index}",
             )(x)
             if self.batch_norm:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=0.9,
-                    epsilon=1e-5,
-                    axis_name=self.axis_name,
-                    dtype=self.dtype,
-                    name=f"features_{layer.index + 1}",
-                )(x)
+                x = layers.batch_norm(train, dtype=self.dtype, name=f"features_{layer.index + 1}")(x)
             x = nn.relu(x)
         if self.cifar_stem:
             x = jnp.mean(x, axis=(1, 2))
@@ -177,17 +188,3 @@ class VGG(nn.Module):
             x = nn.relu(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_outputs, kernel_init=dense_init, dtype=self.dtype, name="head")(x)
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {
-    **{
-        f"vgg{depth}{suffix}": (VGG, {"config": letter, "batch_norm": bn})
-        for depth, letter in ((11, "A"), (13, "B"), (16, "D"), (19, "E"))
-        for suffix, bn in (("", False), ("_bn", True))
-    },
-    "vgg_tiny": (
-        VGG,
-        {"config": (8, "M", 16, "M", 32, 32, "M"), "batch_norm": True, "classifier_width": 32, "image_size": 32},
-    ),
-}

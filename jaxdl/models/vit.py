@@ -10,7 +10,8 @@ Parameter names follow torchvision, so `jaxdl.convert.vit` maps them one to one:
 self_attention/{in_proj,out_proj}, ln_2, mlp_0, mlp_3}`, `encoder_ln`, `head`.
 """
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl.models.layers import StochasticDepth
+from jaxdl.models.registry import Check, at_least_one, positive, probability, register
 
 # torchvision's ViT LayerNorm epsilon.
 _LN_EPS = 1e-6
@@ -90,6 +92,25 @@ class EncoderBlock(nn.Module):
         return x + StochasticDepth(self.stochastic_depth_rate)(y, train)
 
 
+def _config(patch_size: int, num_layers: int, num_heads: int, hidden_dim: int, mlp_dim: int, **extra: Any) -> dict:
+    return dict(
+        patch_size=patch_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        mlp_dim=mlp_dim,
+        **extra,
+    )
+
+
+@register("vit_b_16", **_config(16, 12, 12, 768, 3072))
+@register("vit_b_32", **_config(32, 12, 12, 768, 3072))
+@register("vit_l_16", **_config(16, 24, 16, 1024, 4096))
+# DeiT/timm's ViT-Ti/16 and ViT-S/16 widths on torchvision's layout.
+@register("vit_ti_16", **_config(16, 12, 3, 192, 768))
+@register("vit_s_16", **_config(16, 12, 6, 384, 1536))
+# A tiny variant for tests: 32x32 images, 8x8 patches, two narrow blocks.
+@register("vit_mini", **_config(8, 2, 2, 32, 64, image_size=32))
 class ViT(nn.Module):
     """Vision Transformer classifier for NHWC images of exactly `image_size` x `image_size` pixels.
 
@@ -124,6 +145,18 @@ class ViT(nn.Module):
     stochastic_depth_rate: float = 0.0
     cifar_stem: bool = False
     dtype: Any = jnp.float32
+
+    checks: ClassVar[Mapping[str, Check]] = {
+        "image_size": positive,
+        "patch_size": positive,
+        "num_layers": at_least_one,
+        "num_heads": at_least_one,
+        "hidden_dim": positive,
+        "mlp_dim": positive,
+        "dropout_rate": probability,
+        "attention_dropout": probability,
+        "stochastic_depth_rate": probability,
+    }
 
     @property
     def effective_patch_size(self) -> int:
@@ -179,27 +212,3 @@ class ViT(nn.Module):
             bias_init=nn.initializers.zeros,
             name="head",
         )(x[:, 0])
-
-
-def _config(patch_size: int, num_layers: int, num_heads: int, hidden_dim: int, mlp_dim: int, **extra: Any) -> dict:
-    return dict(
-        patch_size=patch_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        hidden_dim=hidden_dim,
-        mlp_dim=mlp_dim,
-        **extra,
-    )
-
-
-# name -> (class, default hyperparameters); collected by jaxdl.models.
-REGISTRY = {
-    "vit_b_16": (ViT, _config(16, 12, 12, 768, 3072)),
-    "vit_b_32": (ViT, _config(32, 12, 12, 768, 3072)),
-    "vit_l_16": (ViT, _config(16, 24, 16, 1024, 4096)),
-    # DeiT/timm's ViT-Ti/16 and ViT-S/16 widths on torchvision's layout.
-    "vit_ti_16": (ViT, _config(16, 12, 3, 192, 768)),
-    "vit_s_16": (ViT, _config(16, 12, 6, 384, 1536)),
-    # A tiny variant for tests: 32x32 images, 8x8 patches, two narrow blocks.
-    "vit_mini": (ViT, _config(8, 2, 2, 32, 64, image_size=32)),
-}

@@ -1,4 +1,4 @@
-"""The interface every task implements."""
+"""The interface every task implements: loss, metrics, and the decisions that belong to the task."""
 
 from __future__ import annotations
 
@@ -7,15 +7,40 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+Arrays = tuple[np.ndarray, np.ndarray]  # (inputs, targets) of one split, as records hold them.
 
 
 class Task(abc.ABC):
-    """Loss and metrics of one kind of supervised problem.
+    """Loss and metrics of one kind of supervised problem, and what the loop asks of it.
 
     Metrics are per-example values; the loop sums them with the batch mask and
     divides by the number of real examples, so padding never counts. `finalize`
     turns those means into reported numbers (for example RMSE = sqrt(MSE)).
+
+    Besides loss and metrics a task declares, as class attributes the loop reads:
+    - `metric_names`: what `finalize` reports (validation of `training.best_metric`);
+    - `best_metric` and `maximized`: the validation metric that picks the best
+      checkpoint unless the config names another, and which metrics grow when better;
+    - `supports_soft_targets`: whether `soft_targets`/`soft_loss` exist (label
+      smoothing, mixup, cutmix);
+    - `has_baseline`: whether `baseline` scores a reference method.
     """
+
+    metric_names: tuple[str, ...] = ("loss",)
+    best_metric: str = "loss"
+    maximized: frozenset[str] = frozenset()
+    supports_soft_targets: bool = False
+    has_baseline: bool = False
+    # The metric by which results.json compares the model with the baseline (lower is better).
+    baseline_metric: str = "loss"
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, task: ml_collections.ConfigDict, dataset: ml_collections.ConfigDict) -> Task:
+        """The task of a config's `task` and `dataset` sections; bad keys raise a one-line ConfigError."""
 
     @property
     @abc.abstractmethod
@@ -34,15 +59,31 @@ class Task(abc.ABC):
         """Derived metrics from the example-weighted means."""
         return dict(means)
 
-    def baseline(self, experiment) -> dict | None:
-        """Test metrics of a reference method on the same test examples, or None.
-
-        `experiment` is the run's `jaxdl.train.Experiment`; the result is written to
-        results.json as "baseline".
-        """
-        del experiment
-        return None
-
     def prepare_targets(self, targets: jax.Array) -> jax.Array:
         """Casts raw targets from the pipeline to what `loss` expects."""
         return jnp.asarray(targets)
+
+    def transform_outputs(self, outputs: jax.Array, inputs: jax.Array) -> jax.Array:
+        """The model's raw outputs as the quantity loss and metrics compare with targets (default: as is)."""
+        del inputs
+        return outputs
+
+    def soft_targets(self, targets: jax.Array, smoothing: float = 0.0) -> jax.Array:
+        """Targets as probabilities, smoothed; only where `supports_soft_targets`."""
+        raise NotImplementedError(f"{type(self).__name__} has no soft targets")
+
+    def soft_loss(self, outputs: jax.Array, soft_targets: jax.Array) -> jax.Array:
+        """Per-example loss against soft targets; only where `supports_soft_targets`."""
+        raise NotImplementedError(f"{type(self).__name__} has no soft targets")
+
+    def baseline(self, train: Arrays, test: Arrays) -> dict[str, float] | None:
+        """Test metrics of a reference method fitted on `train`, scored on `test`; only where `has_baseline`."""
+        del train, test
+        return None
+
+    def is_better(self, metric: str, value: float, best: float | None) -> bool:
+        """Whether `value` of `metric` ('val/accuracy' or 'accuracy') improves on `best` (None: nothing yet)."""
+        if best is None:
+            return True
+        name = metric.split("/", 1)[-1]
+        return value > best if name in self.maximized else value < best

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from jaxdl.errors import check_at_least, check_fraction
 from jaxdl.tasks.base import Task
 
 
 class Classification(Task):
     """Multi-class softmax; binary logistic when num_classes == 2."""
+
+    metric_names = ("loss", "accuracy")
+    maximized = frozenset({"accuracy"})
+    supports_soft_targets = True
+
+    @classmethod
+    def from_config(cls, task: ml_collections.ConfigDict, dataset: ml_collections.ConfigDict) -> Classification:
+        del dataset
+        check_at_least("task.num_classes", task.num_classes, 2)
+        check_fraction("task.label_smoothing", task.label_smoothing)
+        return cls(num_classes=task.num_classes)
 
     def __init__(self, num_classes: int):
         if num_classes < 2:

@@ -7,12 +7,22 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from jaxdl.errors import check_at_least
 from jaxdl.tasks.base import Task
 
 
 class Regression(Task):
     """Predicts `num_targets` real values per example."""
+
+    metric_names = ("loss", "mse", "mae", "rmse")
+
+    @classmethod
+    def from_config(cls, task: ml_collections.ConfigDict, dataset: ml_collections.ConfigDict) -> Regression:
+        del dataset
+        check_at_least("task.num_targets", task.num_targets, 1)
+        return cls(num_targets=task.num_targets)
 
     def __init__(self, num_targets: int = 1):
         if num_targets < 1:

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from jaxdl.errors import check_at_least
 from jaxdl.tasks.base import Task
 
 
 class Tagging(Task):
     """Per-position classification into `num_classes` tags, padding (tag < 0) masked."""
+
+    metric_names = ("loss", "accuracy")
+    maximized = frozenset({"accuracy"})
+
+    @classmethod
+    def from_config(cls, task: ml_collections.ConfigDict, dataset: ml_collections.ConfigDict) -> Tagging:
+        del dataset
+        check_at_least("task.num_classes", task.num_classes, 2)
+        return cls(num_classes=task.num_classes)
 
     def __init__(self, num_classes: int):
         if num_classes < 2:

@@ -1,4 +1,4 @@
-"""Tests for jaxdl.logging and experiments/plot_curves.py."""
+"""Tests for jaxdl.runlog and experiments/plot_curves.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from jaxdl.logging import (
+from jaxdl.runlog import (
     MetricWriter,
     ProgressBar,
     format_metrics,
@@ -96,12 +96,15 @@ def _load_plot_module() -> ModuleType:
     return module
 
 
-def test_stdlib_logging_is_not_shadowed() -> None:
-    """`import logging` inside jaxdl/logging.py must resolve to the standard library."""
-    import jaxdl.logging as jaxdl_logging
+def test_no_jaxdl_module_shadows_the_standard_library() -> None:
+    """No module of jaxdl is named like a standard-library module (jaxdl/logging.py once was)."""
+    import pkgutil
+    import sys
 
-    assert jaxdl_logging.logging.getLogger is not None
-    assert jaxdl_logging.logging.__name__ == "logging"
+    import jaxdl
+
+    names = {info.name.rsplit(".", 1)[-1] for info in pkgutil.walk_packages(jaxdl.__path__, "jaxdl.")}
+    assert not names & set(sys.stdlib_module_names), names & set(sys.stdlib_module_names)
 
 
 def test_jsonl_round_trip_with_nonfinite_values(tmp_path: Path) -> None:

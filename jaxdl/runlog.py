@@ -26,7 +26,6 @@ __all__ = [
     "read_metrics",
 ]
 
-# Absolute imports make `logging` the standard library here, not this module.
 _log = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.jsonl"

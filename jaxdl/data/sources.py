@@ -1,0 +1,37 @@
+"""Opens the random-access source of a dataset config's split, whatever kind of dataset it names.
+
+The one place that tells the kinds apart: jaxdl's own tfds builders, time
+series cut into windows (`jaxdl.data.timeseries`), and any other tfds dataset.
+Everything after it (pipeline, tasks, loop) sees records, dicts of arrays.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxdl.data import datasets, timeseries
+from jaxdl.errors import ConfigError
+
+
+def check(config: ml_collections.ConfigDict, batch_size: int) -> None:
+    """Raises ConfigError when the dataset config names no dataset or cannot fill a batch."""
+    if not datasets.is_known(config.name):
+        raise ConfigError(
+            f"config.dataset.name='{config.name}' is not a known dataset; choose one of: "
+            f"{', '.join(datasets.LOCAL_BUILDERS)}, {datasets.CSV_DATASET}, or any tfds dataset name"
+        )
+    if timeseries.is_series(config.name):
+        timeseries.check(config, batch_size)  # Reads the series: a missing file or column stops here.
+
+
+def open_split(config: ml_collections.ConfigDict, split: str):
+    """The source of `split`: in memory when `cache_in_memory` (time series always)."""
+    if timeseries.is_series(config.name):
+        try:
+            return timeseries.window_source(config, split)  # Sliding windows, in memory.
+        except ValueError as error:
+            raise ConfigError(f"config.dataset: {error}") from None
+    source = datasets.load_source(config.name, split, config.data_dir)
+    if config.cache_in_memory:
+        source = datasets.InMemorySource(source)
+    return source

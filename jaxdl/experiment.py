@@ -1,0 +1,230 @@
+"""What one run builds from its config: mesh, strategy, task, step options, model, data, optimizer, state, steps.
+
+Validation is building: each builder checks its own keys and raises the
+one-line ConfigError that names the key (parallel: the mesh; tasks: the task;
+steps.StepOptions: augment and transfer; the model family: its
+hyperparameters; data.pipeline.Splits: the dataset, splits and transforms;
+optim: optimizer and schedule). `Experiment` builds them all before any
+compute, so a bad config stops the run before anything is compiled.
+
+`Experiment` is also the one build path of the state and the compiled steps:
+training, `jaxdl-eval`, the benchmarks and the tests all get them here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxdl import models, optim, parallel, steps, tasks
+from jaxdl.data import pipeline
+from jaxdl.errors import ConfigError, check_at_least, check_choice, first_line
+from jaxdl.state import TrainState
+
+log = logging.getLogger(__name__)
+
+# config.dtype -> the compute dtype handed to models.
+DTYPES = ("float32", "bfloat16")
+
+
+def num_train_steps(num_examples: int, batch_size: int, num_epochs: float) -> int:
+    """Steps (mini-batch updates) for `num_epochs` passes: ceil(epochs * examples / batch)."""
+    return max(1, math.ceil(num_epochs * num_examples / batch_size))
+
+
+def build_model(config: ml_collections.ConfigDict, task: tasks.Task):
+    """The configured model, its output size set by the task; bad names and hyperparameters raise ConfigError."""
+    check_choice("model.name", config.model.name, models.list_models())
+    check_choice("dtype", config.dtype, DTYPES)
+    kwargs = config.model.kwargs.to_dict()
+    if "num_outputs" in kwargs:
+        raise ConfigError("config.model.kwargs.num_outputs is set by the task; remove it")
+    kwargs["num_outputs"] = task.num_outputs
+    if config.dtype != "float32":
+        if not models.model_accepts(config.model.name, "dtype"):
+            raise ConfigError(
+                f"config.dtype='{config.dtype}' is not valid for model '{config.model.name}', "
+                "which computes in float32 only"
+            )
+        kwargs["dtype"] = config.dtype
+    try:
+        return models.create_model(config.model.name, **kwargs)
+    except (TypeError, ValueError) as error:
+        message = first_line(error)
+        # A family's hyperparameter check names its field first ("dropout_rate=1.5 is not valid ...").
+        joint = "." if re.match(r"\w+=", message) else ": "
+        raise ConfigError(f"config.model.kwargs{joint}{message}") from None
+
+
+def _check_training(training: ml_collections.ConfigDict) -> None:
+    check_at_least("training.num_steps", training.num_steps, 0)
+    if training.num_steps == 0:
+        check_at_least("training.num_epochs", training.num_epochs, 0, strict=True)
+    for key in ("eval_every_steps", "log_every_steps", "checkpoint_every_steps", "early_stopping_patience"):
+        check_at_least(f"training.{key}", training[key], 0)
+    check_at_least("training.keep_checkpoints", training.keep_checkpoints, 1)
+
+
+def best_metric(config: ml_collections.ConfigDict, task: tasks.Task) -> str:
+    """The validation metric that picks the best checkpoint: training.best_metric, else the task's."""
+    name = config.training.get("best_metric", "") or f"val/{task.best_metric}"
+    split, _, metric = name.partition("/")
+    if split != "val" or metric not in task.metric_names:
+        choices = ", ".join(f"val/{m}" for m in task.metric_names)
+        raise ConfigError(f"config.training.best_metric='{name}' is not valid; choose one of: {choices}")
+    return name
+
+
+class Experiment:
+    """The objects of one run, built and checked from its config before any compute.
+
+    Args:
+      config: the resolved experiment config.
+      for_training: also load `config.init_from` (evaluation restores a checkpoint instead).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, *, for_training: bool = True):
+        training = config.training
+        parallel.initialize_distributed(config.parallel)
+        self.config = config
+        self.mesh = parallel.build_mesh(config.parallel, training.batch_size)
+        self.chief = jax.process_index() == 0
+        self.strategy = parallel.make_strategy(config.parallel.strategy, self.mesh)
+        self.task = tasks.build_task(config)
+        self.options = steps.StepOptions.from_config(config, self.task)
+        self.model = build_model(config, self.task)
+        _check_training(training)
+        self.best_metric = best_metric(config, self.task)
+        self.splits = pipeline.Splits(config.dataset, batch_size=training.batch_size)
+        num_examples = len(self.splits.source(config.dataset.train_split))
+        self.total_steps = training.num_steps or num_train_steps(num_examples, training.batch_size, training.num_epochs)
+        self.accum = config.optimizer.grad_accum_steps
+        self.tx, self.schedule = optim.build_optimizer(config, math.ceil(self.total_steps / max(self.accum, 1)))
+        self.pretrained = self._load_init_from() if for_training and config.init_from else None
+
+    def _load_init_from(self) -> dict:
+        """config.init_from converted to this model's variables; any problem is a ConfigError."""
+        from jaxdl import convert
+
+        path = self.config.init_from
+        exclude = self.config.transfer.exclude
+        try:
+            re.compile(exclude)
+        except re.error as error:
+            raise ConfigError(f"config.transfer.exclude='{exclude}' is not a valid regex: {error}") from None
+        if not Path(path).is_file():
+            raise ConfigError(f"config.init_from='{path}' is not a file; give a .safetensors or .npz state dict")
+        try:
+            state_dict = convert.load_state_dict(path)
+        except Exception as error:  # Whatever fails while reading the user's file is about that file.
+            raise ConfigError(
+                f"config.init_from='{path}' is not a readable .safetensors or .npz state dict "
+                f"({type(error).__name__}: {first_line(error)})"
+            ) from None
+        try:
+            return convert.from_torch(self.model, state_dict, input_shape=self.sample_input.shape, skip_mismatched=True)
+        except ValueError as error:  # No converter for the family, or tensors that do not fit.
+            raise ConfigError(f"config.init_from='{path}': {first_line(error)}") from None
+
+    def eval_batches(self, split: str):
+        """Fixed-size masked batches of one split."""
+        return pipeline.eval_batches(
+            self.splits,
+            split,
+            global_batch_size=self.config.training.batch_size,
+            remainder=self.config.dataset.eval_remainder,
+        )
+
+    @functools.cached_property
+    def sample_input(self) -> np.ndarray:
+        """One input of the training split, with its batch axis (read once per run)."""
+        return next(iter(self.eval_batches(self.config.dataset.train_split)))["input"][:1]
+
+    def init_fn(self) -> Callable[[jax.Array], TrainState]:
+        """key -> a fresh TrainState (random init; pure, to be jitted or eval_shape'd)."""
+        sample = self.sample_input
+
+        def init(key):
+            variables = self.model.init(key, jnp.asarray(sample), train=False)
+            return TrainState.create(
+                apply_fn=self.model.apply,
+                params=variables["params"],
+                batch_stats=variables.get("batch_stats", {}),
+                tx=self.tx,
+            )
+
+        return init
+
+    def abstract_state(self, rng: jax.Array) -> TrainState:
+        """State shapes from jax.eval_shape (nothing allocated or compiled)."""
+        return jax.eval_shape(self.init_fn(), rng)
+
+    def fresh_state(self, rng: jax.Array) -> TrainState:
+        """A new state placed on the mesh, with config.init_from's weights where names and shapes fit."""
+        return self.strategy.put_state(self._pretrained(jax.jit(self.init_fn())(rng)))
+
+    def restored_state(self, abstract: TrainState, tree: dict) -> TrainState:
+        """A placed state from the arrays of a restored checkpoint tree."""
+        return self.strategy.put_state(abstract.from_checkpoint_tree(tree))
+
+    def state_shardings(self, abstract: TrainState):
+        """Where each checkpoint array of the state goes when restored."""
+        return self.strategy.state_shardings(abstract.checkpoint_tree())
+
+    @functools.cached_property
+    def train_step(self) -> Callable:
+        """The compiled train step: (state, batch, rng) -> (state, metrics)."""
+        return self.strategy.compile_train(steps.make_train_step(self.task, self.options))
+
+    @functools.cached_property
+    def eval_step(self) -> Callable:
+        """The compiled eval step: (state, batch, totals) -> totals."""
+        return self.strategy.compile_eval(steps.make_eval_step(self.task))
+
+    def evaluate(self, state: TrainState, split: str) -> dict:
+        """The task's metrics of `state` over `split`."""
+        return steps.evaluate(self.eval_step, state, self.eval_batches(split), self.strategy, self.task)
+
+    def baseline(self) -> dict | None:
+        """The task's reference method fitted on the train split and scored on the test split, if it has one."""
+        if not self.task.has_baseline:
+            return None
+        dataset = self.config.dataset
+        return self.task.baseline(self.splits.arrays(dataset.train_split), self.splits.arrays(dataset.test_split))
+
+    def _pretrained(self, state: TrainState) -> TrainState:
+        """The fresh state with the init_from weights loaded where names and shapes fit."""
+        if self.pretrained is None:
+            return state
+        exclude = re.compile(self.config.transfer.exclude) if self.config.transfer.exclude else None
+        counts = {"loaded": 0, "kept": 0}
+
+        def merge(collection: str, fresh):
+            source = flax.traverse_util.flatten_dict(self.pretrained.get(collection, {}), sep="/")
+
+            def pick(path, leaf):
+                name = optim.path_name(path)
+                if name in source and not (exclude is not None and exclude.search(name)):
+                    counts["loaded"] += 1
+                    return jnp.asarray(source[name], leaf.dtype)
+                counts["kept"] += 1
+                return leaf
+
+            return jax.tree_util.tree_map_with_path(pick, fresh)
+
+        state = state.replace(params=merge("params", state.params), batch_stats=merge("batch_stats", state.batch_stats))
+        if self.chief:
+            log.info(
+                "init_from %s: loaded %d arrays, kept the fresh init of %d", self.config.init_from, *counts.values()
+            )
+        return state
