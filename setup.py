@@ -35,13 +35,21 @@ setup(
     extras_require={
         # torch/torchvision are the independent references of the weight-import tests,
         # pinned to the CPU-usable builds this project is tested with.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.14.1", "torchvision==0.29.1"],
+        # segmentation-models-pytorch is the U-Net reference (built offline with encoder_weights=None).
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "torch==2.14.1",
+            "torchvision==0.29.1",
+            "segmentation-models-pytorch==0.6.0",
+        ],
     },
     entry_points={
         "console_scripts": [
             "jaxdl-train=jaxdl.main:train_cli",
             "jaxdl-eval=jaxdl.main:eval_cli",
             "jaxdl-segment=jaxdl.segment:segment_cli",
+            "jaxdl-predict=jaxdl.predict:predict_cli",
         ],
     },
 )

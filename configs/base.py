@@ -36,12 +36,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.aux_loss_weight = 0.3
 
     config.task = ml_collections.ConfigDict()
-    config.task.name = "classification"  # classification | regression | forecasting (time series) | tagging
+    # classification | regression | forecasting (time series) | tagging | segmentation
+    config.task.name = "classification"
     config.task.num_classes = 10  # Classification only; 2 means one logit, sigmoid loss.
     config.task.num_targets = 1  # Regression only.
     config.task.label_smoothing = 0.0  # Classification training loss only; eval loss is plain.
     # Forecasting only: the model predicts the change from the window's last value (y = x_T + output).
     config.task.predict_change = False
+    # Segmentation only: per-class loss weights (empty: all 1), and the weight of a
+    # (1 - soft Dice) term added to the per-pixel cross-entropy.
+    config.task.class_weights = ()
+    config.task.dice_weight = 0.0
 
     config.dataset = ml_collections.ConfigDict()
     # A jaxdl builder (digits, breast_cancer, diabetes; time series sunspots, co2),
@@ -53,6 +58,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.test_split = "test"
     config.dataset.input_key = "image"
     config.dataset.target_key = "label"
+    # What the target is: label (a class id or values per example) | mask (a class
+    # id per pixel, [H, W]) | sequence (a tag per position). Transforms move masks
+    # with their images (nearest-neighbour), labels and sequences never.
+    config.dataset.target_kind = "label"
+    # Further record features carried into batches under their own names, e.g.
+    # ("boxes", "box_classes", "box_valid"): boxes move with their images.
+    config.dataset.extra_keys = ()
+    config.dataset.ignore_index = 255  # The mask value of unlabelled pixels (also crop and letterbox padding).
+    # shapes only: (train, validation, test) sizes; each size set is built in its own folder.
+    config.dataset.split_sizes = (2000, 200, 200)
     # Transforms as "name(arg=value)|name2(...)"; see jaxdl.data.transforms.
     config.dataset.train_transforms = ""
     config.dataset.eval_transforms = ""

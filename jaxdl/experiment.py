@@ -105,7 +105,9 @@ class Experiment:
         self.model = build_model(config, self.task)
         _check_training(training)
         self.best_metric = best_metric(config, self.task)
-        self.splits = pipeline.Splits(config.dataset, batch_size=training.batch_size)
+        # Mask ids are checked against the task's classes as batches are read.
+        num_classes = config.task.num_classes if config.dataset.target_kind == "mask" else None
+        self.splits = pipeline.Splits(config.dataset, batch_size=training.batch_size, num_classes=num_classes)
         num_examples = len(self.splits.source(config.dataset.train_split))
         self.total_steps = training.num_steps or num_train_steps(num_examples, training.batch_size, training.num_epochs)
         self.accum = config.optimizer.grad_accum_steps
@@ -135,6 +137,12 @@ class Experiment:
             return convert.from_torch(self.model, state_dict, input_shape=self.sample_input.shape, skip_mismatched=True)
         except ValueError as error:  # No converter for the family, or tensors that do not fit.
             raise ConfigError(f"config.init_from='{path}': {first_line(error)}") from None
+
+    def input_spec(self) -> dict:
+        """What one raw input of the training split looks like (shape, dtype), as jaxdl-predict needs it."""
+        dataset = self.config.dataset
+        record = np.asarray(self.splits.source(dataset.train_split)[0][dataset.input_key])
+        return {"shape": list(record.shape), "dtype": record.dtype.name, "key": dataset.input_key}
 
     def eval_batches(self, split: str):
         """Fixed-size masked batches of one split."""

@@ -31,7 +31,8 @@ def _train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
+    """INFO logs of the run on stderr; the libraries' own chatter only from WARNING up."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # Libraries' own INFO chatter (orbax, absl) would bury the run's output.
     for name in ("absl", "orbax", "jax"):
@@ -44,7 +45,7 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
     parser = _train_parser()
     overrides = [a[len("--config.") :] for a in argv if a.startswith("--config.")]
     args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
-    _setup_logging()
+    setup_logging()
     try:
         config = configuration.load_config(args.config)
         configuration.apply_overrides(config, overrides)
@@ -71,7 +72,7 @@ def eval_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--split", default=None, help="split to evaluate (default: the config's test split)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    _setup_logging()
+    setup_logging()
     from jaxdl import train
 
     try:

@@ -135,39 +135,64 @@ def make_train_step(task: Task, options: StepOptions = StepOptions()) -> Callabl
 
 
 def make_eval_step(task: Task) -> Callable:
-    """The pure eval step: masked sums of per-example metrics and the example count.
+    """The pure eval step: the task's sums of this batch (`Task.eval_sums`) added to `totals`.
 
-    Given `totals`, it returns `totals` plus this batch's sums. `evaluate` chains
-    the steps through `totals` so they run one after another: independent
-    steps may execute concurrently, and with cross-process collectives (gloo on
-    CPU) two processes could then enter them in different orders and deadlock.
+    `evaluate` chains the steps through `totals` so they run one after another:
+    independent steps may execute concurrently, and with cross-process
+    collectives (gloo on CPU) two processes could then enter them in different
+    orders and deadlock. With a host-side evaluator the step returns
+    (totals, per-example host values), the values with the example mask as `_mask`.
     """
 
     def eval_step(state: TrainState, batch: dict, totals: dict | None = None, axis_name: str | None = None):
         inputs = batch["input"]
         outputs = task.transform_outputs(state.apply_fn(state.variables(), inputs, train=False), inputs)
-        metrics = task.metrics(outputs, task.prepare_targets(batch["target"]))
-        mask = batch["mask"]
-        sums = {k: jnp.sum(v * mask) for k, v in metrics.items()}
-        sums["count"] = jnp.sum(mask)
+        sums = task.eval_sums(outputs, task.prepare_targets(batch["target"]), batch["mask"])
         if axis_name is not None:
             sums = jax.lax.psum(sums, axis_name)
-        return sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        sums = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        if task.host_evaluator:
+            return sums, {**task.host_values(outputs, batch), "_mask": batch["mask"]}
+        return sums
 
     return eval_step
 
 
+def _host_arrays(values: dict, strategy) -> dict[str, np.ndarray]:
+    """Per-example device values of a global batch as host arrays [global batch, ...], from every process."""
+    if getattr(strategy, "axis_name", None) is not None:  # pmap: [devices, per device, ...].
+        values = jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[2:]), jax.device_get(values))
+        return values
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(values, tiled=True))
+    return jax.tree.map(np.asarray, jax.device_get(values))
+
+
 def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[dict], strategy, task: Task) -> dict:
-    """Example-weighted means of the task's metrics over `batches`."""
+    """The task's metrics over `batches`: its summed totals, plus host metrics where it has a host evaluator."""
     batches = iter(batches)
     first = next(batches, None)
     if first is None:
         raise ConfigError("the evaluation split yielded no batch; lower config.training.batch_size")
-    # Zero totals of the step's output structure (scalars), placed like the state.
+    # Zero totals of the step's output structure, placed like the state.
     shapes = jax.eval_shape(make_eval_step(task), strategy.host_state(state), first)
+    shapes = shapes[0] if task.host_evaluator else shapes
     totals = strategy.put_state(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+    gathered: list[dict] = []
     for batch in itertools.chain([first], batches):
-        totals = eval_step(state, strategy.place_batch(batch), totals)
+        out = eval_step(state, strategy.place_batch(batch), totals)
+        if task.host_evaluator:
+            totals, values = out
+            values = _host_arrays(values, strategy)
+            real = values.pop("_mask") > 0
+            gathered.append({k: v[real] for k, v in values.items()})
+        else:
+            totals = out
     totals = jax.device_get(strategy.unreplicate_metrics(totals))
-    count = float(totals.pop("count"))
-    return task.finalize({k: float(v) / count for k, v in totals.items()})
+    metrics = task.finalize_sums(totals)
+    if task.host_evaluator:
+        joined = {k: np.concatenate([g[k] for g in gathered]) for k in gathered[0]}
+        metrics.update(task.host_metrics(joined))
+    return metrics

@@ -311,6 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         raise WorkdirError(f"--workdir '{workdir}' cannot be created: {error.strerror}") from None
     if run.chief:
         _save_config(config, workdir)
+        (workdir / "inputs.json").write_text(json.dumps(run.input_spec()) + "\n")  # For jaxdl-predict.
     with contextlib.ExitStack() as stack:
         trainer = _Trainer(run, workdir, stack, start_time)
         preempted, stopped_early = trainer.train(hooks)

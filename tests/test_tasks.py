@@ -85,7 +85,7 @@ def test_eval_step_ignores_padding():
 
 
 def test_build_task_and_errors():
-    assert tasks.list_tasks() == ["classification", "forecasting", "regression", "tagging"]
+    assert tasks.list_tasks() == ["classification", "forecasting", "regression", "segmentation", "tagging"]
     assert tasks.build_task(helpers.config("digits_cnn", task__name="regression", task__num_targets=3)).num_outputs == 3
     with pytest.raises(ConfigError, match="config.task.name='ranking' is not valid; choose one of: classification, fo"):
         tasks.build_task(helpers.config("digits_cnn", task__name="ranking"))

@@ -100,6 +100,20 @@ class Importer:
         """Marks a torch buffer that has no flax counterpart (e.g. num_batches_tracked) as used."""
         self.unused.discard(key)
 
+    def ignore_prefix(self, prefix: str) -> None:
+        """Marks every tensor whose name starts with `prefix` as used, if any (a head a features_only model lacks)."""
+        for key in [k for k in self.tensors if k.startswith(prefix)]:
+            self.ignore(key)
+
+    def scoped(self, path: str, key: str) -> Importer:
+        """A view for a model nested in another: torch names under `key` (e.g. "encoder.") fill module `path`.
+
+        A family's converter given the view fills the submodule, e.g. `convert_resnet(
+        importer.scoped("encoder", "encoder."), backbone)` writes 'encoder.conv1.weight'
+        to 'params/encoder/conv1/kernel'.
+        """
+        return _ScopedImporter(self, path, key)
+
     def set(self, path: str, value: np.ndarray | None, key: str) -> None:
         """Writes `value` (from torch tensor `key`) at flax `path`, checking its shape."""
         if value is None:
@@ -159,6 +173,43 @@ class Importer:
         if self.skipped:
             log.info("kept the model's own init for mismatched %s", ", ".join(self.skipped))
         return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in self.written.items()})
+
+
+class _ScopedImporter(Importer):
+    """An `Importer` over the torch names under one prefix, writing under one flax submodule of its parent."""
+
+    def __init__(self, parent: Importer, path: str, key: str):
+        """A view of `parent`, which keeps all the state (used tensors, written variables, errors)."""
+        self.parent, self.path, self.key = parent, path, key
+
+    @property
+    def tensors(self) -> dict[str, np.ndarray]:  # type: ignore[override]
+        """The parent's tensors under the prefix, named without it."""
+        return {k[len(self.key) :]: v for k, v in self.parent.tensors.items() if k.startswith(self.key)}
+
+    def _path(self, path: str) -> str:
+        collection, _, rest = path.partition("/")
+        return f"{collection}/{self.path}/{rest}"
+
+    def tensor(self, key: str) -> np.ndarray | None:
+        """The parent's tensor `<prefix><key>`."""
+        return self.parent.tensor(self.key + key)
+
+    def has(self, key: str) -> bool:
+        """Whether the parent holds `<prefix><key>`."""
+        return self.parent.has(self.key + key)
+
+    def ignore(self, key: str) -> None:
+        """Marks the parent's `<prefix><key>` as used."""
+        self.parent.ignore(self.key + key)
+
+    def set(self, path: str, value: np.ndarray | None, key: str) -> None:
+        """Writes at `<collection>/<submodule>/<rest of path>` in the parent."""
+        self.parent.set(self._path(path), value, self.key + key)
+
+    def finish(self) -> dict:
+        """A view has nothing of its own to finish; the parent checks everything."""
+        raise TypeError("finish the Importer this view was made from")
 
 
 def from_torch(

@@ -37,5 +37,8 @@ def convert_convnext(importer: Importer, model: ConvNeXt) -> None:
             key = f"features.{2 * stage + 2}"
             importer.layer_norm(f"params/downsample{stage}_norm", f"{key}.0")
             importer.conv(f"params/downsample{stage}_conv", f"{key}.1", bias=True)
+    if model.features_only:
+        importer.ignore_prefix("classifier.")
+        return
     importer.layer_norm("params/head_norm", "classifier.0")
     importer.dense("params/head", "classifier.2", bias=True)

@@ -28,4 +28,7 @@ def convert_densenet(importer: Importer, model: DenseNet) -> None:
             importer.batch_norm(f"transition{i}/norm", f"features.transition{i}.norm")
             importer.conv(f"params/transition{i}/conv", f"features.transition{i}.conv", bias=False)
     importer.batch_norm("norm5", "features.norm5")
-    importer.dense("params/head", "classifier", bias=True)
+    if model.features_only:
+        importer.ignore_prefix("classifier.")
+    else:
+        importer.dense("params/head", "classifier", bias=True)

@@ -31,5 +31,10 @@ def convert_efficientnet(importer: Importer, model: EfficientNet) -> None:
         importer.conv(f"params/{path}/se/fc1", f"{key}.{layer + 1}.fc1", bias=True)
         importer.conv(f"params/{path}/se/fc2", f"{key}.{layer + 1}.fc2", bias=True)
         _conv_bn(importer, f"{path}/project", f"{key}.{layer + 2}")
-    _conv_bn(importer, "head", f"features.{len(model.block_setting) + 1}")
+    last = f"features.{len(model.block_setting) + 1}"
+    if model.features_only:  # Neither the last 1x1 conv nor the classifier is built.
+        importer.ignore_prefix(f"{last}.")
+        importer.ignore_prefix("classifier.")
+        return
+    _conv_bn(importer, "head", last)
     importer.dense("params/head", "classifier.1", bias=True)

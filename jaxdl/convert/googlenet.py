@@ -17,7 +17,8 @@ def convert_googlenet(importer: Importer, model: GoogLeNet) -> None:
     """Maps conv1-3, inception*.branch*, aux{1,2}.conv/fc1/fc2 and fc -> head.
 
     A model without aux heads ignores any aux tensors in the state dict (torchvision's published
-    file holds them; `googlenet(weights=...)` drops them the same way).
+    file holds them; `googlenet(weights=...)` drops them the same way); a features_only model
+    ignores them and `fc`.
     """
     for name in ("conv1", "conv2", "conv3"):
         _basic_conv(importer, name, name)
@@ -25,11 +26,14 @@ def convert_googlenet(importer: Importer, model: GoogLeNet) -> None:
         for branch in _BRANCHES:
             _basic_conv(importer, f"{block}/{branch.replace('.', '_')}", f"{block}.{branch}")
     for aux in ("aux1", "aux2"):
-        if model.aux_logits:
+        if model.aux_logits and not model.features_only:
             _basic_conv(importer, f"{aux}/conv", f"{aux}.conv")
             importer.dense(f"params/{aux}/fc1", f"{aux}.fc1", bias=True)
             importer.dense(f"params/{aux}/fc2", f"{aux}.fc2", bias=True)
         else:
             for key in [k for k in importer.tensors if k.startswith(f"{aux}.")]:
                 importer.ignore(key)
-    importer.dense("params/head", "fc", bias=True)
+    if model.features_only:
+        importer.ignore_prefix("fc.")
+    else:
+        importer.dense("params/head", "fc", bias=True)

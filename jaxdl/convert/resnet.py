@@ -6,7 +6,7 @@ from jaxdl.models.resnet import EXPANSION, ResNet, block_specs
 
 @register(ResNet)
 def convert_resnet(importer: Importer, model: ResNet) -> None:
-    """Maps conv1/bn1, layer{i}.{j}.conv{k}/bn{k}, layer{i}.{j}.downsample.0/1 and fc."""
+    """Maps conv1/bn1, layer{i}.{j}.conv{k}/bn{k}, layer{i}.{j}.downsample.0/1 and fc (ignored if features_only)."""
     importer.conv("params/conv1", "conv1", bias=False)
     importer.batch_norm("bn1", "bn1")
     num_convs = 2 if EXPANSION[model.block] == 1 else 3
@@ -18,4 +18,7 @@ def convert_resnet(importer: Importer, model: ResNet) -> None:
         if spec.projection:
             importer.conv(f"params/{path}/downsample_0", f"{key}.downsample.0", bias=False)
             importer.batch_norm(f"{path}/downsample_1", f"{key}.downsample.1")
-    importer.dense("params/head", "fc", bias=True)
+    if model.features_only:
+        importer.ignore_prefix("fc.")
+    else:
+        importer.dense("params/head", "fc", bias=True)

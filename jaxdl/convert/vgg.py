@@ -13,6 +13,9 @@ def convert_vgg(importer: Importer, model: VGG) -> None:
         importer.conv(f"params/features_{layer.index}", f"features.{layer.index}", bias=True)
         if model.batch_norm:
             importer.batch_norm(f"features_{layer.index + 1}", f"features.{layer.index + 1}")
+    if model.features_only:  # No classifier: a classifier's state dict still loads.
+        importer.ignore_prefix("classifier.")
+        return
     importer.dense("params/classifier_0", "classifier.0", bias=True)
     importer.dense("params/classifier_3", "classifier.3", bias=True)
     importer.dense("params/head", "classifier.6", bias=True)

@@ -32,4 +32,7 @@ def convert_vit(importer: Importer, model: ViT) -> None:
         importer.dense(f"{path}/mlp_0", f"{key}.mlp.0", bias=True)
         importer.dense(f"{path}/mlp_3", f"{key}.mlp.3", bias=True)
     importer.layer_norm("params/encoder_ln", "encoder.ln")
-    importer.dense("params/head", "heads.head", bias=True)
+    if model.features_only:
+        importer.ignore_prefix("heads.")
+    else:
+        importer.dense("params/head", "heads.head", bias=True)

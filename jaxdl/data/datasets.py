@@ -1,6 +1,6 @@
 """Random-access data sources: jaxdl's own tfds builders and any prepared tfds dataset.
 
-Shipped tables from scikit-learn are written once as ArrayRecord tfds datasets in
+Shipped tables from scikit-learn (and the synthetic `shapes`) are written once as ArrayRecord tfds datasets in
 the local data dir and read back through `as_data_source`, exactly as a standard
 tfds dataset is read through `tfds.data_source` -- no TensorFlow involved.
 """
@@ -8,6 +8,8 @@ tfds dataset is read through `tfds.data_source` -- no TensorFlow involved.
 from __future__ import annotations
 
 import abc
+import dataclasses
+import functools
 import logging
 import os
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxdl.data import shapes
 from jaxdl.data import word_segmentation as ws
 from jaxdl.errors import DatasetNotPreparedError
 
@@ -255,6 +258,79 @@ class WordSegmentation(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield i, ws.example(chunk)
 
 
+@dataclasses.dataclass(eq=False)  # As tfds declares BuilderConfig.
+class ShapesConfig(tfds.core.BuilderConfig):
+    """The split sizes of a `shapes` build; its name, hence its folder, is `train_validation_test`."""
+
+    split_sizes: tuple[int, int, int] = (2000, 200, 200)
+
+    @classmethod
+    def for_sizes(cls, split_sizes) -> ShapesConfig:
+        """The config of these (train, validation, test) sizes."""
+        sizes = tuple(int(n) for n in split_sizes)
+        return cls(name="_".join(map(str, sizes)), split_sizes=sizes)
+
+
+class Shapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Synthetic 64x64 scenes of 1-4 circles, squares and triangles with masks and boxes.
+
+    See jaxdl.data.shapes for the generator and the record format. The split
+    sizes are the builder config (`ShapesConfig.for_sizes`), so builds of
+    different sizes live in different folders.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [ShapesConfig.for_sizes((2000, 200, 200))]
+
+    def _info(self):
+        k, size = shapes.MAX_OBJECTS, shapes.SIZE
+        # Bytes: tf.train.Example's int64 lists make writing 2,400 images several times slower.
+        encoding = tfds.features.Encoding.BYTES
+
+        def tensor(shape, dtype):
+            return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=encoding)
+
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Synthetic circles, squares and triangles on textured backgrounds (jaxdl.data.shapes).",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tensor((size, size, 3), np.uint8),
+                    "segmentation_mask": tensor((size, size), np.uint8),
+                    "boxes": tensor((k, 4), np.float32),
+                    "box_classes": tensor((k,), np.int32),
+                    "box_valid": tensor((k,), np.uint8),
+                    "num_objects": tensor((), np.int32),
+                }
+            ),
+            supervised_keys=("image", "segmentation_mask"),
+            disable_shuffling=True,  # Record i is generated example i.
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Generated in code; nothing is downloaded.
+        sizes = self.builder_config.split_sizes
+        return {
+            name: self._generate_examples(shapes.generate(num, seed))
+            for seed, (name, num) in enumerate(zip(shapes.SPLITS, sizes, strict=True))
+        }
+
+    def _generate_examples(self, columns):
+        for i in range(len(columns["image"])):
+            yield i, {key: value[i] for key, value in columns.items()}
+
+
+@functools.cache
+def _shapes_builder(split_sizes: tuple[int, ...]) -> type[Shapes]:
+    """`Shapes` whose one (default) config has these split sizes.
+
+    tfds takes a config it does not list too, but warns on every construction.
+    """
+    configs = [ShapesConfig.for_sizes(split_sizes)]
+    return type("Shapes", (Shapes,), {"BUILDER_CONFIGS": configs, "name": "shapes"}, skip_registration=True)
+
+
 # Time series among the local builders; `csv` reads any CSV file as a series.
 SERIES_BUILDERS = {"sunspots": Sunspots, "co2": CO2}
 CSV_DATASET = "csv"
@@ -264,6 +340,7 @@ LOCAL_BUILDERS = {
     "breast_cancer": BreastCancer,
     "diabetes": Diabetes,
     "word_segmentation": WordSegmentation,
+    "shapes": Shapes,
     **SERIES_BUILDERS,
 }
 
@@ -284,9 +361,12 @@ def is_known(name: str) -> bool:
     return True
 
 
-def local_builder(name: str, data_dir: str = "") -> tfds.core.DatasetBuilder:
-    """A jaxdl builder, prepared on first use."""
-    builder = LOCAL_BUILDERS[name](data_dir=data_dir or str(default_data_dir()), file_format="array_record")
+def local_builder(name: str, data_dir: str = "", split_sizes=None) -> tfds.core.DatasetBuilder:
+    """A jaxdl builder, prepared on first use; `split_sizes` (train, validation, test) for `shapes`."""
+    cls = LOCAL_BUILDERS[name]
+    if name == "shapes":
+        cls = _shapes_builder(tuple(split_sizes or ShapesConfig.split_sizes))
+    builder = cls(data_dir=data_dir or str(default_data_dir()), file_format="array_record")
     if not builder.is_prepared():
         log.info("building jaxdl dataset '%s' in %s (once)", name, builder.data_dir)
         tfds.disable_progress_bar()  # tfds' bars would interleave with the run's own output.
@@ -294,10 +374,10 @@ def local_builder(name: str, data_dir: str = "") -> tfds.core.DatasetBuilder:
     return builder
 
 
-def load_source(name: str, split: str, data_dir: str = ""):
+def load_source(name: str, split: str, data_dir: str = "", split_sizes=None):
     """A random-access source of one split: records are dicts of numpy values."""
     if name in LOCAL_BUILDERS:
-        return local_builder(name, data_dir).as_data_source(split=split)
+        return local_builder(name, data_dir, split_sizes).as_data_source(split=split)
     try:
         # download=False: without network a download would fail late or hang.
         return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
@@ -319,7 +399,12 @@ class InMemorySource:
         records = [source[i] for i in range(len(source))]
         if not records:
             raise ValueError("cannot cache an empty split")
-        self._columns = {key: np.stack([np.asarray(r[key]) for r in records]) for key in records[0]}
+        self._columns = {}
+        for key in records[0]:
+            values = [np.asarray(r[key]) for r in records]
+            if len({v.shape for v in values}) > 1:
+                raise ValueError(f"feature '{key}' has records of different shapes; set cache_in_memory=False")
+            self._columns[key] = np.stack(values)
         self._length = len(records)
 
     def __len__(self) -> int:

@@ -11,6 +11,13 @@ prefetches on a thread and reports the state of the last batch it handed out.
 
 Dtypes are kept: integer ids stay integers and uint8 images stay uint8 until a
 transform that needs floats (rescale, normalize, a resizing crop) converts them.
+
+A batch holds named arrays of declared kinds (see `jaxdl.data.transforms`):
+`input` (an image, or features / token ids), `target` (kind
+`config.dataset.target_kind`: a label, a per-pixel `mask` [B, H, W] or a
+`sequence`), each of `config.dataset.extra_keys` under its own name (`boxes`
+[B, N, 4] with `box_valid`; others ride along), and from `eval_batches` the
+example `mask` [B] of real rows.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ from jaxdl.data import datasets, sources, transforms
 from jaxdl.errors import ConfigError, check_at_least, check_choice
 
 _SPLIT_KEYS = ("train_split", "val_split", "test_split")
+_TARGET_KINDS = {"label": "label", "mask": transforms.MASK, "sequence": "sequence"}
+# Extra keys with a geometric kind; any other extra key rides along untouched (box_classes).
+_EXTRA_KINDS = {"boxes": transforms.BOXES, "box_valid": transforms.BOX_VALID}
+_RESERVED = ("input", "target", "mask")  # Batch names the extra keys must not take.
 
 
 def _check_keys(source, config: ml_collections.ConfigDict) -> None:
@@ -41,30 +52,96 @@ def _check_keys(source, config: ml_collections.ConfigDict) -> None:
                 f"config.dataset.{key}='{config[key]}' is not a feature of {config.name}; "
                 f"choose one of: {', '.join(sorted(record))}"
             )
+    for key in config.extra_keys:
+        if key not in record:
+            raise ConfigError(
+                f"config.dataset.extra_keys holds '{key}', not a feature of {config.name}; "
+                f"choose from: {', '.join(sorted(record))}"
+            )
+
+
+def _check_kinds(config: ml_collections.ConfigDict) -> None:
+    """The dataset's keys and kinds: target_kind, extra_keys, ignore_index."""
+    check_choice("dataset.target_kind", config.target_kind, tuple(_TARGET_KINDS))
+    extra = config.extra_keys
+    if isinstance(extra, str) or not all(isinstance(k, str) for k in extra):
+        raise ConfigError(f"config.dataset.extra_keys={extra!r} is not valid; give a tuple of feature names")
+    for key in extra:
+        if key in _RESERVED:
+            raise ConfigError(f"config.dataset.extra_keys holds '{key}', a name the batch already uses")
+    if ("boxes" in extra) != ("box_valid" in extra):
+        raise ConfigError("config.dataset.extra_keys must hold 'boxes' and 'box_valid' together")
+    if not isinstance(config.ignore_index, int) or config.ignore_index < 0:
+        raise ConfigError(f"config.dataset.ignore_index={config.ignore_index} is not valid; it must be an int >= 0")
+
+
+def kinds(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """The kind of every batch key the dataset config produces (see jaxdl.data.transforms)."""
+    extra = {key: _EXTRA_KINDS.get(key, "other") for key in config.extra_keys}
+    return {"input": transforms.IMAGE, "target": _TARGET_KINDS[config.target_kind], **extra}
 
 
 class _Gather(grain.transforms.Map):
-    """Reads the records at a batch of indices as `{"input": [B, ...], "target": [B, ...]}`."""
+    """Reads the records at a batch of indices as `{"input": [B, ...], "target": [B, ...], extra...}`.
 
-    def __init__(self, source, input_key: str, target_key: str):
+    A mask target loses a trailing channel axis of size 1 ([H, W, 1] as tfds
+    stores masks), must have its image's height and width (checked per record),
+    and travels with the record indices (`_index`) for the id check at the end.
+    """
+
+    def __init__(self, source, config: ml_collections.ConfigDict, split: str):
         self.source = source
-        self.keys = {"input": input_key, "target": target_key}
+        self.keys = {"input": config.input_key, "target": config.target_key, **{k: k for k in config.extra_keys}}
+        self.split, self.name = split, config.name
+        self.is_mask = config.target_kind == "mask"
+        self.ignore_index = config.ignore_index
 
     def map(self, indices: np.ndarray) -> dict:
-        if isinstance(self.source, datasets.InMemorySource):
-            return {name: self.source.column(key)[indices] for name, key in self.keys.items()}
-        if len(indices) == 0:  # A padding-only batch still needs the shapes.
+        if len(indices) == 0 and not isinstance(self.source, datasets.InMemorySource):
+            # A padding-only batch still needs the shapes.
             return {name: value[:0] for name, value in self.map(np.zeros(1, np.int64)).items()}
-        # One record at a time: tfds' batched __getitems__ is not supported by its mock_data.
-        records = [self.source[int(i)] for i in indices]
-        return {name: _stack([np.asarray(r[key]) for r in records]) for name, key in self.keys.items()}
+        if isinstance(self.source, datasets.InMemorySource):
+            batch = {name: self.source.column(key)[indices] for name, key in self.keys.items()}
+            if self.is_mask:  # One shape for all records: check the first, squeeze all.
+                masks = batch["target"]
+                if len(masks):
+                    self._mask(masks[0], batch["input"][0], indices[0])
+                batch["target"] = self._widen(masks[..., 0] if masks.ndim == 4 and masks.shape[-1] == 1 else masks)
+        else:
+            # One record at a time: tfds' batched __getitems__ is not supported by its mock_data.
+            records = [self.source[int(i)] for i in indices]
+            batch = {name: [np.asarray(r[key]) for r in records] for name, key in self.keys.items()}
+            if self.is_mask:
+                images, masks = batch["input"], batch["target"]
+                batch["target"] = [self._mask(m, x, i) for m, x, i in zip(masks, images, indices, strict=True)]
+            batch = {name: _stack(values) for name, values in batch.items()}
+        if self.is_mask:
+            batch["_index"] = np.asarray(indices, np.int64)
+        return batch
+
+    def _mask(self, mask: np.ndarray, image: np.ndarray, index) -> np.ndarray:
+        """One record's mask as [H, W], checked against its image."""
+        if mask.ndim == 3 and mask.shape[-1] == 1:
+            mask = mask[..., 0]
+        if mask.ndim != 2 or mask.shape != image.shape[:2] or not np.issubdtype(mask.dtype, np.integer):
+            raise ConfigError(
+                f"config.dataset.target_key: record {int(index)} of split '{self.split}' of {self.name} has a "
+                f"{mask.dtype} mask of shape {mask.shape}, not integer ids of its image's [H, W] {image.shape[:2]}"
+            )
+        return self._widen(mask)
+
+    def _widen(self, mask: np.ndarray) -> np.ndarray:
+        """The mask in a dtype that holds ignore_index (crops write it into padding)."""
+        if np.iinfo(mask.dtype).max < self.ignore_index:
+            return mask.astype(np.int32)
+        return mask
 
 
 def _stack(values: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     """One array, or the list itself when the shapes differ (images of many sizes).
 
-    A list must be made one array by a resizing transform (random_resized_crop or
-    center_crop) before anything else touches it.
+    A list must be made one array by a resizing transform (random_resized_crop,
+    center_crop, resize or letterbox) before anything else touches it.
     """
     if len({v.shape for v in values}) > 1:
         return values
@@ -72,14 +149,38 @@ def _stack(values: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
 
 
 class _Stacked(grain.transforms.Map):
-    """Checks that the transforms made the inputs one array; dtypes pass through unchanged."""
+    """Checks that the transforms made every key one array and the mask ids valid; dtypes pass unchanged.
+
+    Mask ids are checked here, after the transforms (map_mask may rename them):
+    each must be < num_classes or equal ignore_index.
+    """
+
+    def __init__(self, split: str, name: str, num_classes: int | None, ignore_index: int):
+        self.split, self.name, self.num_classes, self.ignore_index = split, name, num_classes, ignore_index
 
     def map(self, batch):
-        if isinstance(batch["input"], list):
-            raise ConfigError(
-                "the dataset's inputs have different shapes; start config.dataset.train_transforms and "
-                "eval_transforms with random_resized_crop(size=..) or center_crop(size=..)"
-            )
+        for key, value in batch.items():
+            if isinstance(value, list):
+                raise ConfigError(
+                    f"the dataset's {key}s have different shapes; start config.dataset.train_transforms and "
+                    "eval_transforms with random_resized_crop(size=..), center_crop(size=..), resize(size=..) "
+                    "or letterbox(size=..)"
+                )
+        if "_index" not in batch:
+            return batch
+        batch = dict(batch)
+        indices = batch.pop("_index")
+        if self.num_classes is not None:
+            masks = batch["target"]
+            bad = ((masks < 0) | (masks >= self.num_classes)) & (masks != self.ignore_index)
+            if bad.any():
+                b = int(np.argmax(bad.reshape(len(bad), -1).any(axis=1)))
+                value = int(masks[b][bad[b]][0])
+                raise ConfigError(
+                    f"config.dataset.target_key: record {int(indices[b])} of split '{self.split}' of {self.name} "
+                    f"holds mask id {value}, not in [0, task.num_classes={self.num_classes}) nor "
+                    f"dataset.ignore_index={self.ignore_index}; remap ids with map_mask(ids=...)"
+                )
         return batch
 
 
@@ -131,17 +232,22 @@ class Splits:
     naming its key, raised here, before any compute.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, batch_size: int | None = None):
+    def __init__(
+        self, config: ml_collections.ConfigDict, batch_size: int | None = None, num_classes: int | None = None
+    ):
         self.config = config
+        self.num_classes = num_classes  # For mask targets: ids must be below it (or the ignore_index).
         self._sources = {}
         self._statistics = None
         check_choice("dataset.eval_remainder", config.eval_remainder, ("pad", "drop"))
+        _check_kinds(config)
+        self.kinds = kinds(config)
         check_at_least("dataset.worker_count", config.worker_count, 0)
         check_at_least("dataset.prefetch_batches", config.prefetch_batches, 0)
         for key in ("train_transforms", "eval_transforms"):
             try:
                 # Building checks the arguments too; statistics are placeholders here.
-                transforms.build(transforms.parse(config[key]), {"mean": 0.0, "std": 1.0})
+                transforms.build(transforms.parse(config[key]), {"mean": 0.0, "std": 1.0}, kinds=self.kinds)
             except ValueError as error:
                 raise ConfigError(f"config.dataset.{key}: {error}") from None
         if batch_size is None:
@@ -202,10 +308,18 @@ class Splits:
         """The grain ops that turn a batch of indices of `split` into a model-ready batch."""
         specs = transforms.parse(self.config.train_transforms if train else self.config.eval_transforms)
         statistics = self.statistics() if transforms.needs_statistics(specs) else None
-        gather = _Gather(self.source(split), self.config.input_key, self.config.target_key)
+        gather = _Gather(self.source(split), self.config, split)
         offset = jax.process_index() * (global_batch // jax.process_count()) if global_batch else 0
-        ops = transforms.build(specs, statistics, global_batch=global_batch, offset=offset)
-        return [gather, *ops, _Stacked()]
+        ops = transforms.build(
+            specs,
+            statistics,
+            global_batch=global_batch,
+            offset=offset,
+            kinds=self.kinds,
+            ignore_index=self.config.ignore_index,
+        )
+        checked = _Stacked(split, self.config.name, self.num_classes, self.config.ignore_index)
+        return [gather, *ops, checked]
 
 
 def _apply(dataset: grain.MapDataset, operations: list) -> grain.MapDataset:

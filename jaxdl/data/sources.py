@@ -31,7 +31,20 @@ def open_split(config: ml_collections.ConfigDict, split: str):
             return timeseries.window_source(config, split)  # Sliding windows, in memory.
         except ValueError as error:
             raise ConfigError(f"config.dataset: {error}") from None
-    source = datasets.load_source(config.name, split, config.data_dir)
+    split_sizes = None
+    if config.name == "shapes":
+        split_sizes = config.split_sizes
+        if len(split_sizes) != 3 or not all(isinstance(n, int) and n > 0 for n in split_sizes):
+            raise ConfigError(
+                f"config.dataset.split_sizes={tuple(split_sizes)} is not valid; give (train, validation, test) "
+                "sizes, each an int > 0"
+            )
+    source = datasets.load_source(config.name, split, config.data_dir, split_sizes)
     if config.cache_in_memory:
-        source = datasets.InMemorySource(source)
+        try:
+            source = datasets.InMemorySource(source)
+        except ValueError as error:  # Images of many sizes cannot be one array.
+            raise ConfigError(
+                f"config.dataset.cache_in_memory=True cannot hold {config.name} '{split}': {error}"
+            ) from None
     return source

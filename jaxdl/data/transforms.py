@@ -1,12 +1,39 @@
 """Batch transforms as small registered grain ops, named in configs as strings.
 
 A spec is `name(arg=value, ...)` joined by `|`, e.g.
-`"rescale(scale=0.0625)|random_crop(padding=1)|random_flip()"`. Every transform
-reads and writes the `input` entry of a batch `{"input": x, "target": y}`, whose
-leading axis is the batch: the pipeline works on whole batches, so Python runs
-once per batch instead of once per example. Random transforms draw per-example
-values from the generator grain passes in, which grain derives from the seed and
-the batch's position in the stream: augmentation replays exactly after a resume.
+`"rescale(scale=0.0625)|random_crop(padding=1)|random_flip()"`. A batch is a
+dict of named arrays whose leading axis is the batch: the pipeline works on
+whole batches, so Python runs once per batch instead of once per example.
+Random transforms draw per-example values from the generator grain passes in,
+which grain derives from the seed and the batch's position in the stream:
+augmentation replays exactly after a resume.
+
+Keys and kinds. The pipeline tells the ops the kind of each batch key
+(`build(..., kinds=...)`, default `{"input": "image"}`); keys without a kind
+ride along untouched:
+
+- `image` [B, H, W, C] (or a list of [H, W, C] of different sizes): resampled
+  bilinearly with half-pixel centres (torch's `align_corners=False`, no
+  antialias); a resizing op returns float32, a shifting or flipping op keeps
+  the dtype; areas outside the image are 0 (letterbox: `fill=`).
+- `mask` [B, H, W] integer class ids (or a list): nearest neighbour at the same
+  half-pixel centres, the dtype is kept, areas outside the image are
+  `ignore_index` (config.dataset.ignore_index).
+- `boxes` [B, N, 4] float32 (x0, y0, x1, y1) in the image's own pixel frame,
+  where pixel (i, j) covers [j, j+1) x [i, i+1): moved by the same map as the
+  pixels (a mask pixel is inside its object's box exactly when its centre is),
+  then clipped to the output image. With them rides a `box_valid` [B, N] key:
+  a box whose clipped width or height is zero (it left the image) gets
+  box_valid = 0 and coordinates 0; once 0 it stays 0. So after any chain, a
+  valid box holds the centres of all of its object's mask pixels, and an
+  invalid box has no mask pixels left. Other per-box keys (box_classes) ride
+  along unchanged.
+- `label`, `sequence` and anything else: untouched by the geometric ops.
+
+`rescale`, `normalize` and `standardize` act on `input` only (features or
+images). `map_mask(ids={from: to, ...})` rewrites mask ids (ids not listed are
+kept), e.g. oxford_iiit_pet's trimap (1 pet, 2 background, 3 border) as
+background 0, pet 1, border ignored: `map_mask(ids={1: 1, 2: 0, 3: 255})`.
 """
 
 from __future__ import annotations
@@ -84,10 +111,138 @@ class RandomTransform(grain.transforms.RandomMap):
         return self.apply(batch, params[self.offset : self.offset + size])
 
 
-class RandomCrop(RandomTransform):
-    """Zero-pads height and width by `padding`, then crops a random window of the original size.
+IMAGE, MASK, BOXES, BOX_VALID = "image", "mask", "boxes", "box_valid"
+KINDS = (IMAGE, MASK, BOXES, BOX_VALID, "label", "sequence", "features", "other")
+DEFAULT_KINDS = {"input": IMAGE}
 
-    Images are [batch, height, width, ...]; each image gets its own window.
+
+class Keyed:
+    """Knows the kind of each batch key and the mask's "no label" id; `build` sets both."""
+
+    kinds: Mapping[str, str] = DEFAULT_KINDS
+    ignore_index: int = 255
+
+    def keys(self, batch: dict, kind: str) -> list[str]:
+        """The keys of `batch` that hold `kind`."""
+        return [key for key, k in self.kinds.items() if k == kind and key in batch]
+
+    def sizes(self, batch: dict) -> np.ndarray:
+        """[B, 2] height and width of every example's image."""
+        [key] = self.keys(batch, IMAGE)[:1] or ["input"]
+        images = batch[key]
+        if isinstance(images, np.ndarray):
+            return np.tile(np.asarray(images.shape[1:3]), (len(images), 1))
+        return np.array([im.shape[:2] for im in images], np.int64).reshape(-1, 2)
+
+    def move_boxes(self, batch: dict, scale: np.ndarray, shift: np.ndarray, out_hw) -> dict:
+        """Boxes mapped by x' = x * scale + shift ([B, 2] as (x, y)), clipped to `out_hw` ([B, 2] or (h, w))."""
+        out = {}
+        for key in self.keys(batch, BOXES):
+            boxes = np.asarray(batch[key], np.float32)
+            scale_, shift_ = np.tile(scale, 2)[:, None, :], np.tile(shift, 2)[:, None, :]
+            moved = (boxes * scale_ + shift_).astype(np.float32)
+            # A mirror (negative scale) swaps the ends: keep x0 <= x1.
+            lo, hi = np.minimum(moved[..., :2], moved[..., 2:]), np.maximum(moved[..., :2], moved[..., 2:])
+            limit = np.broadcast_to(np.asarray(out_hw, np.float32)[..., ::-1], (len(boxes), 2))[:, None, :]
+            lo, hi = np.clip(lo, 0, limit), np.clip(hi, 0, limit)
+            visible = np.all(hi > lo, axis=-1)
+            for valid_key in self.keys(batch, BOX_VALID):
+                valid = np.asarray(batch[valid_key])
+                keep = visible & (valid != 0)
+                out[valid_key] = keep.astype(valid.dtype)
+                visible = keep
+            out[key] = np.where(visible[..., None], np.concatenate([lo, hi], axis=-1), 0).astype(np.float32)
+        return out
+
+
+def _as_hw(size) -> tuple[int, int]:
+    """(height, width) of an int or (h, w) size."""
+    h, w = (size, size) if np.isscalar(size) else tuple(size)
+    return int(h), int(w)
+
+
+def _source_positions(n_in: int, n_out: int) -> np.ndarray:
+    """Where the centres of `n_out` output pixels fall among `n_in` input pixels (half-pixel centres)."""
+    return (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+
+
+def resized_crop(image: np.ndarray, box: tuple[int, int, int, int], size) -> np.ndarray:
+    """Crops box = (top, left, height, width) of an [H, W, C] image and resizes it to size (int or (h, w)).
+
+    Bilinear with half-pixel centres and edge clamping, as torch's
+    `interpolate(mode="bilinear", align_corners=False)` without antialiasing.
+    Returns float32.
+    """
+    top, left, height, width = box
+    out_h, out_w = _as_hw(size)
+    crop = image[top : top + height, left : left + width].astype(np.float32)
+    if crop.ndim == 2:
+        return resized_crop(image[..., None], box, size)[..., 0]
+
+    def axis(n_in: int, n_out: int):
+        src = np.maximum(_source_positions(n_in, n_out), 0.0)
+        low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        high = np.minimum(low + 1, n_in - 1)
+        frac = (src - low).astype(np.float32)
+        return low, high, frac
+
+    y0, y1, fy = axis(height, out_h)
+    x0, x1, fx = axis(width, out_w)
+    rows = crop[y0] * (1 - fy)[:, None, None] + crop[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+def nearest_crop(mask: np.ndarray, box: tuple[int, int, int, int], size) -> np.ndarray:
+    """Crops box = (top, left, height, width) of an [H, W] mask and resizes it to size, nearest neighbour.
+
+    Output pixel centres are mapped as in `resized_crop`; each takes the input
+    pixel its centre falls in, so the dtype is kept.
+    """
+    top, left, height, width = box
+    out_h, out_w = _as_hw(size)
+    rows = np.minimum(np.floor(_source_positions(height, out_h) + 0.5).astype(np.int64), height - 1)
+    cols = np.minimum(np.floor(_source_positions(width, out_w) + 0.5).astype(np.int64), width - 1)
+    return mask[top + rows[:, None], left + cols[None, :]]
+
+
+def _as_list(values) -> list[np.ndarray]:
+    return list(values) if isinstance(values, np.ndarray) else values
+
+
+def _stack(out: list[np.ndarray], like, out_hw: tuple[int, int], dtype) -> np.ndarray:
+    """The per-example outputs as one array; an empty batch keeps its trailing axes."""
+    if out:
+        return np.stack(out)
+    trailing = like.shape[3:] if isinstance(like, np.ndarray) else ()
+    return np.zeros((0, *out_hw, *trailing), dtype)
+
+
+class _CropResize(Keyed):
+    """Crops one integer box per example, within the image, and resizes it to one output size."""
+
+    def crop_resize(self, batch: dict, crops: np.ndarray, out_hw: tuple[int, int]) -> dict:
+        """`crops` [B, 4]: (top, left, height, width) of every example."""
+        out = dict(batch)
+        for key in self.keys(batch, IMAGE):
+            images = _as_list(batch[key])
+            resized = [resized_crop(im, tuple(c), out_hw) for im, c in zip(images, crops, strict=True)]
+            out[key] = _stack(resized, batch[key], out_hw, np.float32)
+        for key in self.keys(batch, MASK):
+            masks = _as_list(batch[key])
+            resized = [nearest_crop(m, tuple(c), out_hw) for m, c in zip(masks, crops, strict=True)]
+            dtype = batch[key].dtype if isinstance(batch[key], np.ndarray) else np.int32
+            out[key] = _stack(resized, batch[key], out_hw, dtype)
+        crops = np.asarray(crops, np.float64).reshape(-1, 4)
+        scale = np.asarray(out_hw[::-1], np.float64) / crops[:, [3, 2]]  # (x, y) = (out_w / w, out_h / h)
+        out.update(self.move_boxes(batch, scale, -crops[:, [1, 0]] * scale, out_hw))
+        return out
+
+
+class RandomCrop(Keyed, RandomTransform):
+    """Pads height and width by `padding`, then crops a random window of the original size.
+
+    Images are [batch, height, width, ...], padded with 0; masks with
+    ignore_index; boxes shift with the window. Each example gets its own window.
     """
 
     def __init__(self, padding: int = 4):
@@ -98,21 +253,30 @@ class RandomCrop(RandomTransform):
     def draw(self, rng, size):
         return rng.integers(0, 2 * self.padding + 1, size=(2, size)).T  # (top, left) per example.
 
-    def apply(self, batch, params):
-        images = batch["input"]
-        size, height, width = images.shape[:3]
+    def _shift(self, values: np.ndarray, params: np.ndarray, fill) -> np.ndarray:
+        size, height, width = values.shape[:3]
         pad = self.padding
-        # Zeros plus one slice assignment: the same as np.pad, at a fraction of its overhead.
-        padded = np.zeros((size, height + 2 * pad, width + 2 * pad, *images.shape[3:]), images.dtype)
-        padded[:, pad : pad + height, pad : pad + width] = images
+        # A filled canvas plus one slice assignment: the same as np.pad, at a fraction of its overhead.
+        padded = np.full((size, height + 2 * pad, width + 2 * pad, *values.shape[3:]), fill, values.dtype)
+        padded[:, pad : pad + height, pad : pad + width] = values
         # One gather picks every image's window: rows[b, i] = top[b] + i, likewise columns.
         rows = (params[:, 0, None] + np.arange(height))[:, :, None]
         cols = (params[:, 1, None] + np.arange(width))[:, None, :]
-        return {**batch, "input": padded[np.arange(size)[:, None, None], rows, cols]}
+        return padded[np.arange(size)[:, None, None], rows, cols]
+
+    def apply(self, batch, params):
+        out = dict(batch)
+        for key in self.keys(batch, IMAGE):
+            out[key] = self._shift(batch[key], params, 0)
+        for key in self.keys(batch, MASK):
+            out[key] = self._shift(batch[key], params, self.ignore_index)
+        shift = (self.padding - params[:, ::-1]).astype(np.float64)  # (x, y)
+        out.update(self.move_boxes(batch, np.ones_like(shift), shift, self.sizes(batch)))
+        return out
 
 
-class RandomFlip(RandomTransform):
-    """Mirrors each image left-right with probability `p`."""
+class RandomFlip(Keyed, RandomTransform):
+    """Mirrors each example left-right with probability `p`: images, masks and boxes together."""
 
     def __init__(self, p: float = 0.5):
         if not 0 <= p <= 1:
@@ -123,49 +287,22 @@ class RandomFlip(RandomTransform):
         return rng.random(size) < self.p
 
     def apply(self, batch, params):
-        images = batch["input"]
-        flip = params.reshape(-1, *([1] * (images.ndim - 1)))
-        return {**batch, "input": np.where(flip, images[:, :, ::-1], images)}
+        out = dict(batch)
+        for key in self.keys(batch, IMAGE) + self.keys(batch, MASK):
+            values = batch[key]
+            if isinstance(values, np.ndarray):
+                flip = params.reshape(-1, *([1] * (values.ndim - 1)))
+                out[key] = np.where(flip, values[:, :, ::-1], values)
+            else:
+                out[key] = [v[:, ::-1] if f else v for v, f in zip(values, params, strict=True)]
+        sizes = self.sizes(batch)
+        scale = np.stack([np.where(params, -1.0, 1.0), np.ones(len(params))], axis=1)
+        shift = np.stack([np.where(params, sizes[:, 1], 0.0), np.zeros(len(params))], axis=1)
+        out.update(self.move_boxes(batch, scale, shift, sizes))
+        return out
 
 
-def _images(batch: dict) -> list[np.ndarray]:
-    """The batch's images as a list (variable-size datasets arrive as a list)."""
-    images = batch["input"]
-    return list(images) if isinstance(images, np.ndarray) else images
-
-
-def _stack_resized(out: list[np.ndarray], batch: dict, size: int) -> np.ndarray:
-    """The resized images as one array; an empty batch keeps its channel count."""
-    if out:
-        return np.stack(out)
-    channels = batch["input"].shape[3:] if isinstance(batch["input"], np.ndarray) else ()
-    return np.zeros((0, size, size, *channels), np.float32)
-
-
-def resized_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Crops box = (top, left, height, width) of an [H, W, C] image and resizes it to size x size.
-
-    Bilinear with half-pixel centres and edge clamping, as torch's
-    `interpolate(mode="bilinear", align_corners=False)` without antialiasing.
-    Returns float32.
-    """
-    top, left, height, width = box
-    crop = image[top : top + height, left : left + width].astype(np.float32)
-
-    def axis(n_in: int):
-        src = np.maximum((np.arange(size, dtype=np.float64) + 0.5) * (n_in / size) - 0.5, 0.0)
-        low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        high = np.minimum(low + 1, n_in - 1)
-        frac = (src - low).astype(np.float32)
-        return low, high, frac
-
-    y0, y1, fy = axis(height)
-    x0, x1, fx = axis(width)
-    rows = crop[y0] * (1 - fy)[:, None, None] + crop[y1] * fy[:, None, None]
-    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
-
-
-class RandomResizedCrop(RandomTransform):
+class RandomResizedCrop(_CropResize, RandomTransform):
     """Crops a random box of random area fraction and aspect ratio, resized to `size` x `size`.
 
     The box is drawn as torchvision's RandomResizedCrop draws it: up to 10
@@ -206,15 +343,11 @@ class RandomResizedCrop(RandomTransform):
         return (height - h) // 2, (width - w) // 2, h, w
 
     def apply(self, batch, params):
-        images = _images(batch)
-        out = [
-            resized_crop(im, self.box(im.shape[0], im.shape[1], u), self.size)
-            for im, u in zip(images, params, strict=True)
-        ]
-        return {**batch, "input": _stack_resized(out, batch, self.size)}
+        crops = [self.box(int(h), int(w), u) for (h, w), u in zip(self.sizes(batch), params, strict=True)]
+        return self.crop_resize(batch, np.array(crops, np.int64).reshape(-1, 4), (self.size, self.size))
 
 
-class CenterCrop(grain.transforms.Map):
+class CenterCrop(_CropResize, grain.transforms.Map):
     """The central square of side `fraction` x the shorter side, resized to `size` x `size`.
 
     fraction=0.875 at size 224 is the usual ImageNet evaluation (resize to 256,
@@ -227,13 +360,84 @@ class CenterCrop(grain.transforms.Map):
         self.size, self.fraction = int(size), float(fraction)
 
     def map(self, batch):
-        out = []
-        for image in _images(batch):
-            height, width = image.shape[:2]
+        crops = []
+        for height, width in self.sizes(batch):
             side = max(1, int(round(min(height, width) * self.fraction)))
-            box = ((height - side) // 2, (width - side) // 2, side, side)
-            out.append(resized_crop(image, box, self.size))
-        return {**batch, "input": _stack_resized(out, batch, self.size)}
+            crops.append(((height - side) // 2, (width - side) // 2, side, side))
+        return self.crop_resize(batch, np.array(crops, np.int64).reshape(-1, 4), (self.size, self.size))
+
+
+class Resize(_CropResize, grain.transforms.Map):
+    """The whole image resized to `size` x `size`, or to (height, width) for a pair; aspect not kept."""
+
+    def __init__(self, size=224):
+        if not (np.isscalar(size) or len(size) == 2) or min(_as_hw(size)) <= 0:
+            raise ValueError(f"resize: bad size={size}; give an int or (height, width)")
+        self.size = _as_hw(size)
+
+    def map(self, batch):
+        sizes = self.sizes(batch)
+        crops = np.concatenate([np.zeros_like(sizes), sizes], axis=1)
+        return self.crop_resize(batch, crops, self.size)
+
+
+class Letterbox(Keyed, grain.transforms.Map):
+    """Resizes keeping the aspect ratio to fit `size` x `size`, centred; the rest is padding.
+
+    Each example is scaled by s = min(size / H, size / W) to round(H s) x
+    round(W s) (bilinear; masks nearest) and pasted at the centre (offsets
+    floor((size - h) / 2)); the padding holds `fill` in images, ignore_index in
+    masks. Boxes are scaled and offset alike. Works on lists of images of
+    different sizes.
+    """
+
+    def __init__(self, size: int = 224, fill: float = 0.0):
+        if size <= 0:
+            raise ValueError(f"letterbox: bad size={size}")
+        self.size, self.fill = int(size), float(fill)
+
+    def map(self, batch):
+        sizes = self.sizes(batch).astype(np.float64)
+        s = np.min(self.size / np.maximum(sizes, 1), axis=1)
+        inner = np.clip(np.round(sizes * s[:, None]).astype(np.int64), 1, self.size)  # (h, w)
+        top_left = (self.size - inner) // 2
+        out = dict(batch)
+        for key, fill, resize in [(k, self.fill, resized_crop) for k in self.keys(batch, IMAGE)] + [
+            (k, self.ignore_index, nearest_crop) for k in self.keys(batch, MASK)
+        ]:
+            values = _as_list(batch[key])
+            dtype = np.float32 if resize is resized_crop else np.asarray(values[0] if values else batch[key]).dtype
+            trailing = values[0].shape[2:] if values else batch[key].shape[3:]
+            canvas = np.full((len(values), self.size, self.size, *trailing), fill, dtype)
+            for b, value in enumerate(values):
+                (h, w), (t, left) = inner[b], top_left[b]
+                canvas[b, t : t + h, left : left + w] = resize(value, (0, 0, *value.shape[:2]), (h, w))
+            out[key] = canvas
+        scale = inner[:, ::-1] / np.maximum(sizes[:, ::-1], 1)
+        out.update(self.move_boxes(batch, scale, top_left[:, ::-1].astype(np.float64), (self.size, self.size)))
+        return out
+
+
+class MapMask(Keyed, grain.transforms.Map):
+    """Rewrites mask ids: `ids={from: to, ...}`; ids not listed are kept, the dtype too."""
+
+    def __init__(self, ids: dict):
+        if not isinstance(ids, dict) or not all(isinstance(k, int) and isinstance(v, int) for k, v in ids.items()):
+            raise ValueError(f"map_mask: ids must be a dict of int to int, got {ids!r}")
+        self.ids = dict(ids)
+
+    def _map(self, mask: np.ndarray) -> np.ndarray:
+        out = mask.copy()
+        for old, new in self.ids.items():
+            out[mask == old] = new
+        return out
+
+    def map(self, batch):
+        out = dict(batch)
+        for key in self.keys(batch, MASK):
+            values = batch[key]
+            out[key] = self._map(values) if isinstance(values, np.ndarray) else [self._map(v) for v in values]
+        return out
 
 
 # name -> constructor; `standardize` also receives the training statistics.
@@ -245,10 +449,13 @@ REGISTRY = {
     "random_flip": RandomFlip,
     "random_resized_crop": RandomResizedCrop,
     "center_crop": CenterCrop,
+    "resize": Resize,
+    "letterbox": Letterbox,
+    "map_mask": MapMask,
 }
 
 # Transforms that accept a list of images of different sizes and return one array.
-RESIZING = ("random_resized_crop", "center_crop")
+RESIZING = ("random_resized_crop", "center_crop", "resize", "letterbox")
 
 
 def parse(text: str) -> list[Spec]:
@@ -285,6 +492,8 @@ def build(
     *,
     global_batch: int | None = None,
     offset: int = 0,
+    kinds: Mapping[str, str] | None = None,
+    ignore_index: int = 255,
 ) -> list:
     """Instantiates the grain ops of `specs`; bad arguments raise ValueError.
 
@@ -293,7 +502,16 @@ def build(
       statistics: training mean and std, for `standardize`.
       global_batch: size of the global batch that random transforms draw for.
       offset: this process's first example within the global batch.
+      kinds: the kind of each batch key the ops move (see the module docstring);
+        default `{"input": "image"}`.
+      ignore_index: the mask id of "no label", written where crops and letterbox pad.
     """
+    kinds = dict(DEFAULT_KINDS if kinds is None else kinds)
+    unknown = sorted(k for k in kinds.values() if k not in KINDS)
+    if unknown:
+        raise ValueError(f"unknown kind '{unknown[0]}'; choose one of: {', '.join(KINDS)}")
+    if (BOXES in kinds.values()) != (BOX_VALID in kinds.values()):
+        raise ValueError("boxes need a box_valid key beside them (and box_valid needs boxes)")
     ops = []
     for spec in specs:
         try:
@@ -302,5 +520,7 @@ def build(
             raise ValueError(f"transform '{spec.name}': {error}") from None
         if isinstance(op, RandomTransform):
             op.global_batch, op.offset = global_batch, offset
+        if isinstance(op, Keyed):
+            op.kinds, op.ignore_index = kinds, int(ignore_index)
         ops.append(op)
     return ops

@@ -4,7 +4,9 @@
 
 A family is one file that decorates its module class with `@register(name,
 **defaults)` (see `registry`); no list names the families. Modules that
-register nothing (`layers`, `registry`, `shapes`, `summary`) are imported too.
+register nothing (`features`, `layers`, `registry`, `shapes`, `summary`) are imported too.
+`create_backbone(name)` builds a vision model that returns its feature maps
+({stride: NHWC map}, see `features`) for decoders such as `unet_resnet34`.
 Import a family's class from its module, e.g. `jaxdl.models.resnet.ResNet`.
 """
 
@@ -12,8 +14,10 @@ import importlib
 import pkgutil
 
 from jaxdl.models import layers
+from jaxdl.models.features import create_backbone, feature_channels, feature_shapes, feature_strides
 from jaxdl.models.registry import (
     create_model,
+    list_backbones,
     list_models,
     model_accepts,
     model_class,
@@ -36,11 +40,16 @@ _import_families()
 __all__ = [
     "abstract_variables",
     "count_params",
+    "create_backbone",
     "create_model",
     "default_input_shape",
+    "feature_channels",
+    "feature_shapes",
+    "feature_strides",
     "flops",
     "input_dtype",
     "layers",
+    "list_backbones",
     "list_models",
     "model_accepts",
     "model_class",

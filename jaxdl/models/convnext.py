@@ -77,6 +77,9 @@ class ConvNeXt(nn.Module):
     `cifar_stem` patchifies with a 2x2 stride-2 conv instead of 4x4 stride 4, so a
     32x32 image enters the first stage at 16x16 and the last at 2x2 (rather than
     8x8 and 1x1). Only the stem kernel's shape changes.
+
+    `features_only` returns {stride: each stage's output} instead of logits,
+    {4, 8, 16, 32} ({2, 4, 8, 16} with `cifar_stem`), without `head_norm` and `head`.
     """
 
     num_outputs: int
@@ -86,6 +89,7 @@ class ConvNeXt(nn.Module):
     layer_scale_init: float = 1e-6
     image_size: int = 224
     cifar_stem: bool = False
+    features_only: bool = False
     dtype: Any = jnp.float32
 
     checks: ClassVar[Mapping[str, Check]] = {
@@ -105,9 +109,10 @@ class ConvNeXt(nn.Module):
         return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name=name)
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Logits of shape (batch, num_outputs) for NHWC images."""
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[int, jax.Array]:
+        """Logits of shape (batch, num_outputs) for NHWC images, or {stride: map} with `features_only`."""
         patch = 2 if self.cifar_stem else 4
+        features, stride = {}, patch
         x = nn.Conv(
             self.widths[0],
             (patch, patch),
@@ -131,6 +136,7 @@ class ConvNeXt(nn.Module):
                     dtype=self.dtype,
                     name=f"downsample{stage - 1}_conv",
                 )(x)
+                stride *= 2
             for index in range(depth):
                 x = ConvNeXtBlock(
                     layer_scale_init=self.layer_scale_init,
@@ -138,6 +144,9 @@ class ConvNeXt(nn.Module):
                     dtype=self.dtype,
                     name=f"stage{stage}_{index}",
                 )(x, train)
+            features[stride] = x
+        if self.features_only:
+            return features
         x = jnp.mean(x, axis=(1, 2))
         x = self._norm("head_norm")(x)
         return nn.Dense(self.num_outputs, kernel_init=_KERNEL_INIT, dtype=self.dtype, name="head")(x)

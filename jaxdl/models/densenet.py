@@ -136,6 +136,10 @@ class DenseNet(nn.Module):
       dropout_rate: dropout on each dense layer's new features (torchvision's drop_rate, default 0).
       image_size: reference input resolution.
       cifar_stem: use the 3x3 stride-1 stem without max-pool for 32x32 inputs.
+      features_only: return {stride: feature map} instead of logits: the stem after
+        norm0-ReLU, each dense block's output (before its transition) and, for the
+        last block, the map after norm5-ReLU, i.e. {2, 4, 8, 16, 32} (timm's
+        choice); with `cifar_stem` {1, 2, 4, 8}. No `head`.
       dtype: computation dtype (parameters stay float32).
     """
 
@@ -148,6 +152,7 @@ class DenseNet(nn.Module):
     dropout_rate: float = 0.0
     image_size: int = 224
     cifar_stem: bool = False
+    features_only: bool = False
     dtype: Any = jnp.float32
 
     checks: ClassVar[Mapping[str, Check]] = {
@@ -161,8 +166,8 @@ class DenseNet(nn.Module):
     }
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Logits of shape (batch, num_outputs) for NHWC images."""
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[int, jax.Array]:
+        """Logits of shape (batch, num_outputs) for NHWC images, or {stride: map} with `features_only`."""
         if self.cifar_stem:
             kernel, stride, padding = (3, 3), (1, 1), ((1, 1), (1, 1))
         else:
@@ -178,8 +183,11 @@ class DenseNet(nn.Module):
             name="conv0",
         )(x)
         x = _batch_norm_relu(self, "norm0", x, train)
+        stride = 1 if self.cifar_stem else 2
+        features = {stride: x}
         if not self.cifar_stem:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            stride *= 2
 
         channels = self.num_init_features
         for i, num_layers in enumerate(self.block_config):
@@ -193,9 +201,14 @@ class DenseNet(nn.Module):
             )(x, train)
             channels += num_layers * self.growth_rate
             if i != len(self.block_config) - 1:
+                features[stride] = x
                 channels = int(channels * self.compression)
                 x = _Transition(channels, self.dtype, name=f"transition{i + 1}")(x, train)
+                stride *= 2
 
         x = _batch_norm_relu(self, "norm5", x, train)
+        if self.features_only:
+            features[stride] = x
+            return features
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)

@@ -209,6 +209,11 @@ class EfficientNet(nn.Module):
 
     `cifar_stem` makes the 3x3 stem conv stride 1 (nothing else changes), so 32x32
     inputs reach the last stage at 2x2 instead of 1x1; the weights keep their shapes.
+
+    `features_only` returns {stride: the last block output at that stride} instead of
+    logits, {2: stage1, 4: stage2, 8: stage3, 16: stage5, 32: stage7} (timm's and
+    segmentation_models_pytorch's choice; halved with `cifar_stem`), and builds
+    neither the final 1x1 conv (`head_conv`/`head_bn`) nor the `head`.
     """
 
     num_outputs: int
@@ -223,6 +228,7 @@ class EfficientNet(nn.Module):
     bn_momentum: float = 0.1
     image_size: int = 224
     cifar_stem: bool = False
+    features_only: bool = False
     dtype: Any = jnp.float32
 
     checks: ClassVar[Mapping[str, Check]] = {
@@ -247,8 +253,8 @@ class EfficientNet(nn.Module):
         return layers.batch_norm(train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Logits of shape (batch, num_outputs) for NHWC images."""
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[int, jax.Array]:
+        """Logits of shape (batch, num_outputs) for NHWC images, or {stride: map} with `features_only`."""
         stride = 1 if self.cifar_stem else 2
         x = nn.Conv(
             self.stem_channels(),
@@ -261,6 +267,8 @@ class EfficientNet(nn.Module):
             name="stem_conv",
         )(x)
         x = nn.silu(self._bn(train, "stem_bn")(x))
+        # The last map at each stride: a later block at the same stride replaces an earlier one.
+        features = {stride: x}
         specs = self.block_specs()
         for spec in specs:
             x = MBConv(
@@ -270,6 +278,10 @@ class EfficientNet(nn.Module):
                 dtype=self.dtype,
                 name=f"stage{spec.stage}_{spec.index}",
             )(x, train)
+            stride *= spec.stride
+            features[stride] = x
+        if self.features_only:
+            return features
         x = nn.Conv(
             4 * specs[-1].out_channels,
             (1, 1),

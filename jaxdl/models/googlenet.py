@@ -170,6 +170,10 @@ class GoogLeNet(nn.Module):
       width: multiplier on every channel count (1.0 = torchvision's GoogLeNet); for small test models.
       image_size: reference input resolution.
       cifar_stem: use the 3x3 stride-1 stem without max-pools for 32x32 inputs.
+      features_only: return {stride: feature map} instead of logits, the last map
+        before each max-pool and the final one: {2: conv1, 4: conv3, 8: inception3b,
+        16: inception4e, 32: inception5b}; with `cifar_stem` {1: inception3b,
+        2: inception4e, 4: inception5b}. Neither the head nor the aux heads are built.
       dtype: computation dtype (parameters stay float32).
     """
 
@@ -181,6 +185,7 @@ class GoogLeNet(nn.Module):
     width: float = 1.0
     image_size: int = 224
     cifar_stem: bool = False
+    features_only: bool = False
     dtype: Any = jnp.float32
 
     checks: ClassVar[Mapping[str, Check]] = {
@@ -194,8 +199,13 @@ class GoogLeNet(nn.Module):
         return max(1, round(channels * self.width))
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
-        """Logits (batch, num_outputs), or (logits, aux1, aux2) when training with aux_logits."""
+    def __call__(
+        self, x: jax.Array, train: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array] | dict[int, jax.Array]:
+        """Logits (batch, num_outputs), or (logits, aux1, aux2) when training with aux_logits.
+
+        With `features_only`: {stride: feature map}.
+        """
         c = self._channels
         common = {"dtype": self.dtype}
         if self.transform_input:
@@ -203,25 +213,35 @@ class GoogLeNet(nn.Module):
             shift = jnp.asarray([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN], x.dtype)
             x = x * scale + shift
 
+        # The last map at each stride: a later layer at the same stride replaces an earlier one.
+        features = {}
         if self.cifar_stem:
             x = BasicConv2d(c(64), 3, padding=1, name="conv1", **common)(x, train)
+            stride = 1
         else:
             x = BasicConv2d(c(64), 7, stride=2, padding=3, name="conv1", **common)(x, train)
+            features[2] = x
             x = max_pool(x, 3, 2, ceil_mode=True)
+            stride = 4
         x = BasicConv2d(c(64), 1, name="conv2", **common)(x, train)
         x = BasicConv2d(c(192), 3, padding=1, name="conv3", **common)(x, train)
+        features[stride] = x
         if not self.cifar_stem:
             x = max_pool(x, 3, 2, ceil_mode=True)
+            stride *= 2
 
         # Aux heads run in training; at init they also run so that their parameters exist.
-        use_aux = self.aux_logits and (train or self.is_initializing())
+        use_aux = self.aux_logits and not self.features_only and (train or self.is_initializing())
         aux = []
         for name, channels in _INCEPTION.items():
             if name == "inception4a":
                 x = max_pool(x, 3, 2, ceil_mode=True)
+                stride *= 2
             elif name == "inception5a":
                 x = max_pool(x, 2, 2, ceil_mode=True)
+                stride *= 2
             x = Inception(tuple(c(ch) for ch in channels), name=name, **common)(x, train)
+            features[stride] = x
             if use_aux and name in ("inception4a", "inception4d"):
                 head = InceptionAux(
                     self.num_outputs,
@@ -233,6 +253,8 @@ class GoogLeNet(nn.Module):
                 )
                 aux.append(head(x, train))
 
+        if self.features_only:
+            return features
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         logits = nn.Dense(self.num_outputs, kernel_init=_INIT, dtype=self.dtype, name="head")(x)

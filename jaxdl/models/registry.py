@@ -99,11 +99,23 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
     Raises:
       ValueError: unknown name, or a hyperparameter out of its range (the message
-        starts with the field, e.g. "dropout_rate=1.5 is not valid; ...").
+        starts with the field, e.g. "dropout_rate=1.5 is not valid; ..."), or
+        `features_only=True` for a model that has no feature maps.
       TypeError: a keyword that is not a field of the model.
+    """
+    cls, hyperparameters = resolve_model(name, **kwargs)
+    return cls(**hyperparameters)
+
+
+def resolve_model(name: str, **kwargs: Any) -> tuple[type[nn.Module], dict[str, Any]]:
+    """The class and the checked hyperparameters `create_model(name, **kwargs)` builds.
+
+    For a model built inside another one under a chosen name: `cls(**hyperparameters, name=...)`.
     """
     cls, defaults = _entry(name)
     fields = _fields(cls)
+    if kwargs.get("features_only") and "features_only" not in fields:
+        raise no_feature_maps(name)
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:
         raise TypeError(
@@ -111,7 +123,19 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         )
     hyperparameters = {**defaults, **kwargs}
     check_hyperparameters(cls, hyperparameters)
-    return cls(**hyperparameters)
+    return cls, hyperparameters
+
+
+def list_backbones() -> list[str]:
+    """The sorted names of the models that can return feature maps (`features_only=True`)."""
+    return [name for name in list_models() if model_accepts(name, "features_only")]
+
+
+def no_feature_maps(name: str) -> ValueError:
+    """The error for asking model `name`, which has no `features_only`, for its feature maps."""
+    return ValueError(
+        f"model {name!r} has no feature maps (features_only); choose a vision backbone: {', '.join(list_backbones())}"
+    )
 
 
 # Hyperparameter checks: each takes (field, value) and raises ValueError naming the field.
@@ -176,14 +200,17 @@ __all__ = [
     "create_model",
     "at_least_one",
     "all_at_least_one",
+    "list_backbones",
     "list_models",
     "model_accepts",
     "model_class",
     "model_defaults",
     "model_fields",
     "non_negative",
+    "no_feature_maps",
     "probability",
     "register",
+    "resolve_model",
     "positive",
     "all_positive",
 ]

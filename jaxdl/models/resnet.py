@@ -159,6 +159,10 @@ class ResNet(nn.Module):
       cifar_stem: replace the 7x7 stride-2 conv and the 3x3 max-pool with one
         3x3 stride-1 conv and no pooling (the usual stem for 32x32 CIFAR images),
         so the four stages see 32, 16, 8 and 4 pixels.
+      features_only: return {stride: feature map} instead of logits: the stem
+        after its ReLU (before the max-pool) and each stage's output, i.e.
+        {2, 4, 8, 16, 32} as segmentation_models_pytorch's ResNet encoder; with
+        `cifar_stem` {1: layer1, 2: layer2, 4: layer3, 8: layer4}. No `head`.
       dtype: compute dtype; parameters stay float32.
     """
 
@@ -170,6 +174,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     image_size: int = 224
     cifar_stem: bool = False
+    features_only: bool = False
     dtype: Any = jnp.float32
 
     checks: ClassVar[Mapping[str, Check]] = {"stage_sizes": all_at_least_one, "width": positive, "image_size": positive}
@@ -181,16 +186,21 @@ class ResNet(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Return logits of shape (batch, num_outputs) for NHWC input."""
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[int, jax.Array]:
+        """Logits of shape (batch, num_outputs) for NHWC input, or {stride: map} with `features_only`."""
+        # The last map at each stride: a later stage at the same stride replaces an earlier one.
+        features = {}
         if self.cifar_stem:
             x = _conv(self, self.width, 3, 1, "conv1")(x)
             x = nn.relu(_batch_norm(self, train, "bn1")(x))
+            stride = 1
         else:
             x = _conv(self, self.width, 7, 2, "conv1")(x)
             x = nn.relu(_batch_norm(self, train, "bn1")(x))
+            features[2] = x
             # torch's MaxPool2d(3, 2, padding=1) pads with -inf, as nn.max_pool does.
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            stride = 4
         block_cls = BLOCKS[self.block]
         for spec in block_specs(self):
             x = block_cls(
@@ -202,5 +212,9 @@ class ResNet(nn.Module):
                 dtype=self.dtype,
                 name=f"layer{spec.stage}_{spec.index}",
             )(x, train)
+            stride *= spec.strides
+            features[stride] = x
+        if self.features_only:
+            return features
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)

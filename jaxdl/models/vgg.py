@@ -124,6 +124,10 @@ class VGG(nn.Module):
         torchvision's AdaptiveAvgPool2d((7, 7)) and its 7*7*C inputs (which at 1x1
         would only copy each value 49 times); the hidden width defaults to 512.
         The convolutions are unchanged, as in the common CIFAR VGG recipes.
+      features_only: return {stride: feature map} instead of logits: the map
+        before each max-pool and the one after the last ({1, 2, 4, 8, 16, 32}
+        for the paper's columns, as segmentation_models_pytorch's VGG encoder).
+        No classifier is built.
       dtype: compute dtype; parameters stay float32.
 
     Without `cifar_stem` the features go through torch's adaptive average pool
@@ -138,6 +142,7 @@ class VGG(nn.Module):
     dropout_rate: float = 0.5
     image_size: int = 224
     cifar_stem: bool = False
+    features_only: bool = False
     dtype: Any = jnp.float32
 
     # The conv widths are checked by `resolve_config`.
@@ -160,11 +165,14 @@ class VGG(nn.Module):
         return 512 if self.cifar_stem else 4096
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Return logits of shape (batch, num_outputs) for NHWC input."""
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[int, jax.Array]:
+        """Logits of shape (batch, num_outputs) for NHWC input, or {stride: map} with `features_only`."""
+        features, stride = {}, 1
         for layer in feature_layers(self.config, self.batch_norm):
             if layer.kind == "pool":
+                features[stride] = x
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                stride *= 2
                 continue
             x = nn.Conv(
                 layer.features,
@@ -177,6 +185,9 @@ class VGG(nn.Module):
             if self.batch_norm:
                 x = layers.batch_norm(train, dtype=self.dtype, name=f"features_{layer.index + 1}")(x)
             x = nn.relu(x)
+        if self.features_only:
+            features[stride] = x
+            return features
         if self.cifar_stem:
             x = jnp.mean(x, axis=(1, 2))
         else:

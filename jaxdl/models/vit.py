@@ -130,6 +130,9 @@ class ViT(nn.Module):
         `image_size=32, patch_size=4` (or, equivalently, `image_size=32,
         cifar_stem=True`); the position embedding must match the input size,
         so `image_size=32` is needed either way.
+      features_only: return {patch size: the final (LayerNorm-ed) patch tokens
+        as a (batch, image_size / p, image_size / p, hidden_dim) grid} instead of
+        logits; the class token is dropped and no `head` is built.
       dtype: compute dtype; parameters stay float32.
     """
 
@@ -144,6 +147,7 @@ class ViT(nn.Module):
     attention_dropout: float = 0.0
     stochastic_depth_rate: float = 0.0
     cifar_stem: bool = False
+    features_only: bool = False
     dtype: Any = jnp.float32
 
     checks: ClassVar[Mapping[str, Check]] = {
@@ -164,8 +168,8 @@ class ViT(nn.Module):
         return CIFAR_PATCH_SIZE if self.cifar_stem else self.patch_size
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Return logits of shape (batch, num_outputs) for NHWC input."""
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[int, jax.Array]:
+        """Logits of shape (batch, num_outputs) for NHWC input, or {patch size: token grid} with `features_only`."""
         p = self.effective_patch_size
         if self.image_size % p:
             raise ValueError(f"image_size={self.image_size} is not divisible by the patch size {p}")
@@ -204,6 +208,9 @@ class ViT(nn.Module):
                 name=f"encoder_layer_{i}",
             )(x, train)
         x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="encoder_ln")(x)
+        if self.features_only:
+            grid = self.image_size // p
+            return {p: x[:, 1:].reshape(batch, grid, grid, self.hidden_dim)}
         # torchvision zero-initialises the classifier.
         return nn.Dense(
             self.num_outputs,

@@ -13,12 +13,14 @@ from jaxdl.tasks.base import Task
 from jaxdl.tasks.classification import Classification
 from jaxdl.tasks.forecasting import Forecasting
 from jaxdl.tasks.regression import Regression
+from jaxdl.tasks.segmentation import Segmentation
 from jaxdl.tasks.tagging import Tagging
 
 TASKS: dict[str, type[Task]] = {
     "classification": Classification,
     "forecasting": Forecasting,
     "regression": Regression,
+    "segmentation": Segmentation,
     "tagging": Tagging,
 }
 
@@ -34,4 +36,14 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     return TASKS[config.task.name].from_config(config.task, config.dataset)
 
 
-__all__ = ["TASKS", "Task", "Classification", "Forecasting", "Regression", "Tagging", "build_task", "list_tasks"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "Classification",
+    "Forecasting",
+    "Regression",
+    "Segmentation",
+    "Tagging",
+    "build_task",
+    "list_tasks",
+]

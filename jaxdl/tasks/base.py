@@ -16,9 +16,15 @@ Arrays = tuple[np.ndarray, np.ndarray]  # (inputs, targets) of one split, as rec
 class Task(abc.ABC):
     """Loss and metrics of one kind of supervised problem, and what the loop asks of it.
 
-    Metrics are per-example values; the loop sums them with the batch mask and
-    divides by the number of real examples, so padding never counts. `finalize`
-    turns those means into reported numbers (for example RMSE = sqrt(MSE)).
+    Metrics are per-example values (`metrics`, also logged in training). For
+    evaluation a task accumulates sums over a whole split (`eval_sums`): by
+    default the per-example metrics of the real examples and their count, which
+    `finalize_sums` turns into example-weighted means and `finalize` into
+    reported numbers (for example RMSE = sqrt(MSE)). A task may sum other
+    normalisers instead (pixels, valid boxes) or states (a confusion matrix);
+    sums are added on device and across processes. A task whose metric needs
+    every prediction of the split at once (COCO mAP) sets `host_evaluator` and
+    implements `host_values` and `host_metrics`.
 
     Besides loss and metrics a task declares, as class attributes the loop reads:
     - `metric_names`: what `finalize` reports (validation of `training.best_metric`);
@@ -58,6 +64,27 @@ class Task(abc.ABC):
     def finalize(self, means: Mapping[str, float]) -> dict[str, float]:
         """Derived metrics from the example-weighted means."""
         return dict(means)
+
+    def eval_sums(self, outputs: jax.Array, targets: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+        """This batch's contribution to the split's totals; `mask` [batch] is 1 for real examples, 0 for padding."""
+        sums = {k: jnp.sum(v * mask) for k, v in self.metrics(outputs, targets).items()}
+        sums["count"] = jnp.sum(mask)
+        return sums
+
+    def finalize_sums(self, totals: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """The reported metrics from the totals of a whole split (default: example-weighted means)."""
+        count = float(totals["count"])
+        return self.finalize({k: float(v) / count for k, v in totals.items() if k != "count"})
+
+    host_evaluator: bool = False
+
+    def host_values(self, outputs: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Per-example arrays [batch, ...] gathered on the host for `host_metrics`; only where `host_evaluator`."""
+        raise NotImplementedError(f"{type(self).__name__} has no host-side evaluator")
+
+    def host_metrics(self, values: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Metrics from the host values of every real example of the split (each once, in no set order)."""
+        raise NotImplementedError(f"{type(self).__name__} has no host-side evaluator")
 
     def prepare_targets(self, targets: jax.Array) -> jax.Array:
         """Casts raw targets from the pipeline to what `loss` expects."""

@@ -1,0 +1,86 @@
+"""A PNG grid of test images, their true masks and a trained segmentation workdir's predictions.
+
+    python experiments/show_segmentation.py --workdir runs/shapes_unet [--num 8] [--out grid.png]
+
+Rows are test images (the first --num of the test split, after the eval
+transforms); columns are the image, the true mask and the predicted mask, in
+the same colours per class; unlabelled pixels (the ignore id) are white. The
+title of each prediction gives that image's pixel accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # File-only backend: runs on headless machines.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jaxdl import checkpoint, configuration, predict  # noqa: E402
+from jaxdl.experiment import Experiment  # noqa: E402
+
+
+def _colour(mask: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    colours = predict._palette(num_classes)[np.where(mask == ignore_index, 0, mask)]
+    colours[mask == ignore_index] = 255
+    return colours
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, np.float64)
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return (image - image.min()) / max(image.max() - image.min(), 1e-12)
+
+
+def show(workdir: Path, num: int, out: Path) -> Path:
+    """Writes the grid of `num` test images of `workdir` to `out`; returns `out`."""
+    config = configuration.read_config(workdir / "config.json")
+    if config.task.name != "segmentation":
+        raise SystemExit(f"{workdir} was trained for task '{config.task.name}', not 'segmentation'")
+    config.parallel.num_devices = 1
+    run = Experiment(config, for_training=False)
+    variables, step = checkpoint.restore_variables(workdir)
+    rows = []
+    for batch in run.eval_batches(config.dataset.test_split):
+        logits = np.asarray(run.model.apply(variables, batch["input"], train=False))
+        for i in np.flatnonzero(batch["mask"]):
+            rows.append((batch["input"][i], np.asarray(batch["target"][i]), np.argmax(logits[i], axis=-1)))
+        if len(rows) >= num:
+            break
+    rows = rows[:num]
+    k, ignore = run.task.num_classes, run.task.ignore_index
+    figure, axes = plt.subplots(len(rows), 3, figsize=(6, 2 * len(rows)), squeeze=False)
+    for r, (image, truth, predicted) in enumerate(rows):
+        labelled = truth != ignore
+        accuracy = float(np.mean(predicted[labelled] == truth[labelled])) if labelled.any() else float("nan")
+        panels = [(_display(image), "image"), (_colour(truth, k, ignore), "truth")]
+        panels.append((_colour(predicted, k, ignore), f"prediction ({accuracy:.1%})"))
+        for c, (panel, title) in enumerate(panels):
+            axes[r, c].imshow(panel, interpolation="nearest")
+            axes[r, c].set_title(title, fontsize=8)
+            axes[r, c].axis("off")
+    figure.suptitle(f"{workdir.name}: {config.model.name}, step {step}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, type=Path)
+    parser.add_argument("--num", type=int, default=8, help="test images shown")
+    parser.add_argument("--out", type=Path, default=None, help="PNG path (default WORKDIR/segmentation.png)")
+    args = parser.parse_args(argv)
+    print(show(args.workdir, args.num, args.out or args.workdir / "segmentation.png"))
+
+
+if __name__ == "__main__":
+    main()
