@@ -66,6 +66,19 @@ def build_model(config: ml_collections.ConfigDict, task: tasks.Task):
         raise ConfigError(f"config.model.kwargs{joint}{message}") from None
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init_variables(model, key: jax.Array, sample: jax.Array) -> dict:
+    """model.init, compiled once per (model hyperparameters, input shape) in a process.
+
+    Compiling an init is dominated by the random number generation of every
+    parameter tensor (threefry, which XLA's CPU backend compiles slowly); keying
+    the compiled init on the model's hyperparameters, rather than on a new
+    function each run, lets later runs of the same model in one process (sweeps,
+    tests) reuse it. The numbers are those of an uncached init.
+    """
+    return model.init(key, sample, train=False)
+
+
 def _check_training(training: ml_collections.ConfigDict) -> None:
     check_at_least("training.num_steps", training.num_steps, 0)
     if training.num_steps == 0:
@@ -161,9 +174,14 @@ class Experiment:
     def init_fn(self) -> Callable[[jax.Array], TrainState]:
         """key -> a fresh TrainState (random init; pure, to be jitted or eval_shape'd)."""
         sample = self.sample_input
+        try:
+            hash(self.model)
+            init_variables = functools.partial(_init_variables, self.model)
+        except TypeError:  # Unhashable hyperparameters (a dict): compiled with the rest, not cached.
+            init_variables = functools.partial(_init_variables.__wrapped__, self.model)
 
         def init(key):
-            variables = self.model.init(key, jnp.asarray(sample), train=False)
+            variables = init_variables(key, jnp.asarray(sample))
             return TrainState.create(
                 apply_fn=self.model.apply,
                 params=variables["params"],
@@ -179,7 +197,7 @@ class Experiment:
 
     def fresh_state(self, rng: jax.Array) -> TrainState:
         """A new state placed on the mesh, with config.init_from's weights where names and shapes fit."""
-        return self.strategy.put_state(self._pretrained(jax.jit(self.init_fn())(rng)))
+        return self.strategy.put_state(self._pretrained(self.init_fn()(rng)))
 
     def restored_state(self, abstract: TrainState, tree: dict) -> TrainState:
         """A placed state from the arrays of a restored checkpoint tree."""

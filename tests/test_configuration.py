@@ -36,7 +36,7 @@ def _train(tmp_path, capsys, *overrides):
         ("--config.parallel.strategy=pjit", "config.parallel.strategy='pjit' is not valid; choose one of: jit, pmap"),
         (
             "--config.dataset.train_transforms=blur()",
-            "unknown transform 'blur'; choose one of: center_crop, normalize,",
+            "unknown transform 'blur'; choose one of: center_crop, letterbox,",
         ),
         ("--config.dataset.train_transforms=random_crop(pad=1)", "transform 'random_crop': "),
         ("--config.model.kwargs={'widht': 3}", "config.model.kwargs: "),

@@ -42,13 +42,6 @@ def test_shapes_unet_reports_the_segmentation_metrics_and_picks_by_miou(unet_run
     assert json.loads((workdir / "results.json").read_text())["test"] == results["test"]
 
 
-def test_shapes_unet_resnet18_config_runs_on_the_tiny_encoder(tmp_path):
-    results = train.train_and_evaluate(
-        helpers.config("shapes_unet_resnet18", **{**SMALL, "model__name": "unet_resnet_tiny"}), tmp_path
-    )
-    assert np.isfinite(results["test"]["loss"]) and 0 <= results["test"]["miou"] <= 1
-
-
 def _pet_records(num: int) -> list[dict]:
     """Oxford-IIIT Pet-like records: images of several sizes, trimaps [H, W, 1] of the same size."""
     rng = np.random.default_rng(0)
@@ -62,15 +55,20 @@ def _pet_records(num: int) -> list[dict]:
     return records
 
 
-def test_pets_config_runs_under_mock_data(tmp_path):
-    records = _pet_records(16)
-    cfg = helpers.config("pets_unet_resnet34", **{**SMALL, "model__name": "unet_resnet_tiny"})
+def test_unet_resnet_configs_run_on_the_tiny_encoder(tmp_path):
+    """shapes_unet_resnet18 and pets_unet_resnet34 on unet_resnet_tiny (pets under mock_data)."""
+    tiny = {**SMALL, "model__name": "unet_resnet_tiny"}
+    results = train.train_and_evaluate(helpers.config("shapes_unet_resnet18", **tiny), tmp_path / "shapes")
+    assert np.isfinite(results["test"]["loss"]) and 0 <= results["test"]["miou"] <= 1
+    # Pets at 64 px; 4 output classes (its ids 0, 1 and the ignore id fit) share the compiled init above.
+    cfg = helpers.config("pets_unet_resnet34", **tiny, task__num_classes=4)
     for key in ("train_transforms", "eval_transforms"):
         cfg.dataset[key] = cfg.dataset[key].replace("size=224", "size=64")
     cfg.model.kwargs.image_size = 64
+    records = _pet_records(16)
     with tfds.testing.mock_data(num_examples=16, as_data_source_fn=lambda self, split, **kw: records):
-        results = train.train_and_evaluate(cfg, tmp_path)
-    assert set(results["test"]) >= {"miou", "iou_0", "iou_1"} and results["final_step"] == 4
+        results = train.train_and_evaluate(cfg, tmp_path / "pets")
+    assert {"miou", "iou_0", "iou_1"} <= set(results["test"]) and results["final_step"] == 4
     helpers.build_without_data(helpers.config("pets_unet_resnet34"))  # The full-size recipe builds.
 
 
