@@ -8,6 +8,7 @@ names the key or the file; any other exception is a bug in jaxdl.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 
 
@@ -57,6 +58,16 @@ def check_fraction(key: str, value, *, closed: bool = False) -> None:
     """Raises ConfigError unless 0 <= value < 1 (value <= 1 when `closed`)."""
     if not (0 <= value <= 1 if closed else 0 <= value < 1):
         raise ConfigError(f"config.{key}={value} is not valid; it must be in [0, 1{']' if closed else ')'}")
+
+
+def check_regex(key: str, value: str) -> re.Pattern | None:
+    """The compiled regex of config key `key` (None when empty); a bad pattern raises ConfigError."""
+    if not value:
+        return None
+    try:
+        return re.compile(value)
+    except re.error as error:
+        raise ConfigError(f"config.{key}='{value}' is not a valid regex: {error}") from None
 
 
 def first_line(error: BaseException) -> str:

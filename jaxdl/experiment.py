@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxdl import models, optim, parallel, steps, tasks
 from jaxdl.data import pipeline
-from jaxdl.errors import ConfigError, check_at_least, check_choice, first_line
+from jaxdl.errors import ConfigError, check_at_least, check_choice, check_regex, first_line
 from jaxdl.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -132,11 +132,7 @@ class Experiment:
         from jaxdl import convert
 
         path = self.config.init_from
-        exclude = self.config.transfer.exclude
-        try:
-            re.compile(exclude)
-        except re.error as error:
-            raise ConfigError(f"config.transfer.exclude='{exclude}' is not a valid regex: {error}") from None
+        check_regex("transfer.exclude", self.config.transfer.exclude)
         if not Path(path).is_file():
             raise ConfigError(f"config.init_from='{path}' is not a file; give a .safetensors or .npz state dict")
         try:

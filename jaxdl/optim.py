@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import optax
 
-from jaxdl.errors import ConfigError, check_at_least, check_choice
+from jaxdl.errors import ConfigError, check_at_least, check_choice, check_regex
 
 
 def path_name(path) -> str:
@@ -106,11 +106,7 @@ def build_optimizer(
         parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
     tx = optax.chain(*parts, base) if parts else base
     freeze = config.transfer.get("freeze", "") if "transfer" in config else ""
-    if freeze:
-        try:
-            re.compile(freeze)
-        except re.error as error:
-            raise ConfigError(f"config.transfer.freeze='{freeze}' is not a valid regex: {error}") from None
+    if check_regex("transfer.freeze", freeze):
         # Frozen params get zero updates and no optimizer state; the rest train as configured.
         tx = optax.multi_transform(
             {"train": tx, "frozen": optax.set_to_zero()},

@@ -92,8 +92,8 @@ class Predictor:
             )
         return pixels.astype(self.inputs.get("dtype", "uint8"))
 
-    def outputs(self, image: np.ndarray) -> np.ndarray:
-        """The model's outputs for one image, after the eval transforms."""
+    def outputs(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model's outputs for one image and the transformed image the model saw."""
         batch = {"input": image[None]}
         for op in self.ops:
             batch = op.map(batch)

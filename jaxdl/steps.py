@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from jaxdl import augment, optim
-from jaxdl.errors import ConfigError, check_at_least
+from jaxdl.errors import ConfigError, check_at_least, check_regex
 from jaxdl.state import TrainState
 from jaxdl.tasks import Task
 
@@ -46,11 +46,7 @@ class StepOptions:
                 f"(classification), not config.task.name='{config.task.name}'"
             )
         check_at_least("model.aux_loss_weight", config.model.aux_loss_weight, 0)
-        freeze = config.transfer.freeze
-        try:
-            frozen = re.compile(freeze) if freeze else None
-        except re.error as error:
-            raise ConfigError(f"config.transfer.freeze='{freeze}' is not a valid regex: {error}") from None
+        frozen = check_regex("transfer.freeze", config.transfer.freeze)
         return cls(mix=mix, label_smoothing=smoothing, aux_loss_weight=config.model.aux_loss_weight, frozen=frozen)
 
     @property
@@ -161,8 +157,7 @@ def make_eval_step(task: Task) -> Callable:
 def _host_arrays(values: dict, strategy) -> dict[str, np.ndarray]:
     """Per-example device values of a global batch as host arrays [global batch, ...], from every process."""
     if getattr(strategy, "axis_name", None) is not None:  # pmap: [devices, per device, ...].
-        values = jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[2:]), jax.device_get(values))
-        return values
+        return jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[2:]), jax.device_get(values))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
