@@ -35,13 +35,18 @@ setup(
     extras_require={
         # torch/torchvision are the independent references of the weight-import tests,
         # pinned to the CPU-usable builds this project is tested with.
-        # segmentation-models-pytorch is the U-Net reference (built offline with encoder_weights=None).
+        # segmentation-models-pytorch is the U-Net reference (built offline with encoder_weights=None);
+        # ultralytics the YOLOv8/YOLO11 and loss reference (YOLO_OFFLINE=1); pycocotools the mAP reference.
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",
+            # Lets xdist workers share one run of an end-to-end fixture (tests/helpers.shared_run).
+            "filelock>=3.12",
             "torch==2.14.1",
             "torchvision==0.29.1",
             "segmentation-models-pytorch==0.6.0",
+            "ultralytics==8.4.190",
+            "pycocotools==2.0.11",
         ],
     },
     entry_points={

@@ -47,6 +47,13 @@ def get_config() -> ml_collections.ConfigDict:
     # (1 - soft Dice) term added to the per-pixel cross-entropy.
     config.task.class_weights = ()
     config.task.dice_weight = 0.0
+    # Detection only: the model's output format (yolov8: YOLOv8/YOLO11; yolov1), and
+    # what evaluation keeps (score >= score_threshold, class-aware NMS at iou_threshold,
+    # at most max_detections per image).
+    config.task.head = "yolov8"
+    config.task.score_threshold = 0.001
+    config.task.iou_threshold = 0.7
+    config.task.max_detections = 300
 
     config.dataset = ml_collections.ConfigDict()
     # A jaxdl builder (digits, breast_cancer, diabetes; time series sunspots, co2),
@@ -66,6 +73,17 @@ def get_config() -> ml_collections.ConfigDict:
     # ("boxes", "box_classes", "box_valid"): boxes move with their images.
     config.dataset.extra_keys = ()
     config.dataset.ignore_index = 255  # The mask value of unlabelled pixels (also crop and letterbox padding).
+    # target_kind "objects" (detection; see jaxdl.data.objects): target_key names the
+    # objects' class ids, boxes_key their boxes (box_format "xyxy" pixels, or "tfds":
+    # normalised ymin, xmin, ymax, xmax), box_valid_key marks real ones among padded
+    # slots, box_ignore_key flags objects to leave out (e.g. objects/is_crowd).
+    # Batches hold max_boxes slots; box_class_offset is subtracted from the ids.
+    config.dataset.boxes_key = ""
+    config.dataset.box_valid_key = ""
+    config.dataset.box_ignore_key = ""
+    config.dataset.box_format = "xyxy"
+    config.dataset.max_boxes = 100
+    config.dataset.box_class_offset = 0
     # shapes only: (train, validation, test) sizes; each size set is built in its own folder.
     config.dataset.split_sizes = (2000, 200, 200)
     # Transforms as "name(arg=value)|name2(...)"; see jaxdl.data.transforms.

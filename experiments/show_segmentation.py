@@ -32,13 +32,6 @@ def _colour(mask: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray
     return colours
 
 
-def _display(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, np.float64)
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    return (image - image.min()) / max(image.max() - image.min(), 1e-12)
-
-
 def show(workdir: Path, num: int, out: Path) -> Path:
     """Writes the grid of `num` test images of `workdir` to `out`; returns `out`."""
     config = configuration.read_config(workdir / "config.json")
@@ -60,7 +53,7 @@ def show(workdir: Path, num: int, out: Path) -> Path:
     for r, (image, truth, predicted) in enumerate(rows):
         labelled = truth != ignore
         accuracy = float(np.mean(predicted[labelled] == truth[labelled])) if labelled.any() else float("nan")
-        panels = [(_display(image), "image"), (_colour(truth, k, ignore), "truth")]
+        panels = [(predict.display_image(image), "image"), (_colour(truth, k, ignore), "truth")]
         panels.append((_colour(predicted, k, ignore), f"prediction ({accuracy:.1%})"))
         for c, (panel, title) in enumerate(panels):
             axes[r, c].imshow(panel, interpolation="nearest")

@@ -57,6 +57,14 @@ def build_model(config: ml_collections.ConfigDict, task: tasks.Task):
                 "which computes in float32 only"
             )
         kwargs["dtype"] = config.dtype
+    required = task.model_output
+    if required is not None:
+        declared = getattr(models.model_class(config.model.name), "detection_head", None)
+        if declared != required:
+            raise ConfigError(
+                f"config.model.name='{config.model.name}' does not give the '{required}' outputs that "
+                f"config.task.head='{required}' decodes (its outputs: {declared or 'not a detector'})"
+            )
     try:
         return models.create_model(config.model.name, **kwargs)
     except (TypeError, ValueError) as error:
@@ -119,7 +127,7 @@ class Experiment:
         _check_training(training)
         self.best_metric = best_metric(config, self.task)
         # Mask ids are checked against the task's classes as batches are read.
-        num_classes = config.task.num_classes if config.dataset.target_kind == "mask" else None
+        num_classes = config.task.num_classes if config.dataset.target_kind in ("mask", "objects") else None
         self.splits = pipeline.Splits(config.dataset, batch_size=training.batch_size, num_classes=num_classes)
         num_examples = len(self.splits.source(config.dataset.train_split))
         self.total_steps = training.num_steps or num_train_steps(num_examples, training.batch_size, training.num_epochs)

@@ -8,7 +8,11 @@ JSON line on stdout (also written to OUT/predictions.jsonl):
 
 - classification: the top-5 classes with their probabilities;
 - segmentation: OUT/<name>_mask.png (the class id of every pixel) and
-  OUT/<name>_overlay.png (the image with the classes coloured in).
+  OUT/<name>_overlay.png (the image with the classes coloured in);
+- detection: the boxes kept by the task's NMS with a score of at least
+  `--score_threshold`, each with its class and score, in the pixels of the
+  file as given (the eval transforms' resize or letterbox undone), and
+  OUT/<name>_boxes.png, the image with the boxes drawn.
 
 An image that is missing, unreadable or of a size the model does not take is
 one line on stderr naming the file; the other images are still predicted, and
@@ -28,7 +32,7 @@ import numpy as np
 from jaxdl.errors import UserError, WorkdirError
 
 INPUTS_FILENAME = "inputs.json"  # What a run's raw inputs look like; written by training.
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")
 
 
 class ImageError(UserError):
@@ -65,6 +69,9 @@ class Predictor:
         if transforms.needs_statistics(specs):
             raise WorkdirError(f"{workdir}: standardize() needs the training data; jaxdl-predict takes image configs")
         self.ops = transforms.build(specs, None)
+        # The same ops told about boxes: they show where the transforms move a point of the image.
+        box_kinds = {"input": transforms.IMAGE, "boxes": transforms.BOXES, "box_valid": transforms.BOX_VALID}
+        self.box_ops = transforms.build(specs, None, kinds=box_kinds)
         self.resizes = any(spec.name in transforms.RESIZING for spec in specs)
         self.task = tasks.build_task(self.config)
         self.model = experiment.build_model(self.config, self.task)
@@ -99,11 +106,13 @@ class Predictor:
             batch = op.map(batch)
         return np.asarray(self._apply(self.variables, np.asarray(batch["input"])))[0], np.asarray(batch["input"])[0]
 
-    def predict(self, path: Path, out: Path, top: int = 5) -> dict:
-        """The JSON record of one image; writes its PNGs for segmentation."""
+    def predict(self, path: Path, out: Path, top: int = 5, score_threshold: float = 0.25) -> dict:
+        """The JSON record of one image; writes its PNGs for segmentation and detection."""
         image = self.load(path)
         outputs, model_input = self.outputs(image)
         record = {"file": str(path)}
+        if self.config.task.name == "detection":
+            return {**record, **self._detect(path, out, outputs, image, model_input, score_threshold)}
         if self.task.num_outputs == 1 and self.config.task.name == "classification":  # One logit: P(class 1).
             p1 = float(1 / (1 + np.exp(-outputs[0])))
             probabilities = np.array([1 - p1, p1])
@@ -123,7 +132,7 @@ class Predictor:
         mask = np.argmax(probabilities, axis=-1).astype(np.uint8)
         colours = _palette(self.task.num_classes)[mask]
         # The overlay is drawn on the image the model saw (after crops and resizes), at the mask's size.
-        shown = image if image.shape[:2] == mask.shape else _to_uint8(model_input)
+        shown = image if image.shape[:2] == mask.shape else display_image(model_input)
         if shown.shape[-1] == 1:
             shown = np.repeat(shown, 3, axis=-1)
         overlay = np.where(mask[..., None] > 0, shown // 2 + colours // 2, shown).astype(np.uint8)
@@ -139,9 +148,58 @@ class Predictor:
         }
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """A float image stretched to 0..255 for display."""
+    def _input_to_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift) [2] as (x, y) mapping the model input's pixels back to the file's image.
+
+        A one-pixel box at the image's centre is put through the eval transforms
+        with the image; how it moves is the transforms' map (each is a scale and
+        a shift per axis), which is then inverted.
+        """
+        h, w = image.shape[:2]
+        probe = np.array([[[w / 2 - 0.5, h / 2 - 0.5, w / 2 + 0.5, h / 2 + 0.5]]], np.float32)
+        batch = {"input": image[None], "boxes": probe, "box_valid": np.ones((1, 1), np.uint8)}
+        for op in self.box_ops:
+            batch = op.map(batch)
+        moved = np.asarray(batch["boxes"], np.float64)[0, 0]
+        scale = moved[2:] - moved[:2]  # The probe's size was 1 x 1.
+        shift = moved[:2] - probe[0, 0, :2] * scale
+        return 1 / scale, -shift / scale
+
+    def _detect(self, path: Path, out: Path, outputs, image, model_input, score_threshold: float) -> dict:
+        import jax.numpy as jnp
+        from PIL import Image, ImageDraw
+
+        from jaxdl.tasks.detection import Outputs
+
+        found = self.task.detections(Outputs(jnp.asarray(outputs)[None], tuple(model_input.shape[:2])))
+        found = {k: np.asarray(v)[0] for k, v in found.items()}
+        keep = found["valid"] & (found["scores"] >= score_threshold)
+        scale, shift = self._input_to_image(image)
+        h, w = image.shape[:2]
+        boxes = found["boxes"][keep] * np.tile(scale, 2) + np.tile(shift, 2)
+        boxes = np.clip(boxes, 0, [w, h, w, h])
+        detections = [
+            {"class": int(c), "score": round(float(p), 4), "box": [round(float(v), 2) for v in b]}
+            for b, c, p in zip(boxes, found["classes"][keep], found["scores"][keep], strict=True)
+        ]
+        shown = image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
+        picture = Image.fromarray(shown.astype(np.uint8))
+        draw = ImageDraw.Draw(picture)
+        colours = _palette(self.task.num_classes + 1)[1:]
+        for d in detections:
+            colour = tuple(int(v) for v in colours[d["class"]])
+            draw.rectangle(d["box"], outline=colour, width=max(1, round(max(w, h) / 200)))
+            draw.text((d["box"][0] + 2, d["box"][1] + 1), f"{d['class']} {d['score']:.2f}", fill=colour)
+        boxes_path = out / f"{path.stem}_boxes.png"
+        picture.save(boxes_path)
+        return {"detections": detections, "boxes_image": str(boxes_path)}
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """An image (any range, 1 or 3 channels) stretched to 0..255 uint8 with 3 channels, for display."""
     image = np.asarray(image, np.float64)
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
     low, high = image.min(), image.max()
     return ((image - low) / max(high - low, 1e-12) * 255).astype(np.uint8)
 
@@ -154,11 +212,14 @@ def predict_cli(argv: Sequence[str] | None = None) -> int:
         prog="jaxdl-predict", description="Predict image files with a trained workdir's best checkpoint."
     )
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--workdir", required=True, help="a trained classification or segmentation workdir")
+    parser.add_argument("--workdir", required=True, help="a trained classification, segmentation or detection workdir")
     parser.add_argument(
-        "--out", default=None, help="where predictions.jsonl and mask PNGs go (default: WORKDIR/predictions)"
+        "--out", default=None, help="where predictions.jsonl and the PNGs go (default: WORKDIR/predictions)"
     )
     parser.add_argument("--top", type=int, default=5, help="classes reported per image (classification)")
+    parser.add_argument(
+        "--score_threshold", type=float, default=0.25, help="lowest score of a reported box (detection)"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging()
     try:
@@ -171,7 +232,7 @@ def predict_cli(argv: Sequence[str] | None = None) -> int:
     with open(out / "predictions.jsonl", "w") as log:
         for name in args.images:
             try:
-                record = predictor.predict(Path(name), out, top=args.top)
+                record = predictor.predict(Path(name), out, top=args.top, score_threshold=args.score_threshold)
             except ImageError as error:
                 report(parser.prog, error)
                 failed += 1

@@ -85,7 +85,7 @@ def make_train_step(task: Task, options: StepOptions = StepOptions()) -> Callabl
         rng = jax.random.fold_in(rng, state.step)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        targets = task.prepare_targets(batch["target"])
+        targets = task.targets(batch)
         inputs = batch["input"]
         if options.soft:
             soft = task.soft_targets(targets, options.label_smoothing)
@@ -143,7 +143,7 @@ def make_eval_step(task: Task) -> Callable:
     def eval_step(state: TrainState, batch: dict, totals: dict | None = None, axis_name: str | None = None):
         inputs = batch["input"]
         outputs = task.transform_outputs(state.apply_fn(state.variables(), inputs, train=False), inputs)
-        sums = task.eval_sums(outputs, task.prepare_targets(batch["target"]), batch["mask"])
+        sums = task.eval_sums(outputs, task.targets(batch), batch["mask"])
         if axis_name is not None:
             sums = jax.lax.psum(sums, axis_name)
         sums = sums if totals is None else jax.tree.map(jnp.add, totals, sums)

@@ -105,3 +105,56 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
     assert tree_a == tree_b
     for x, y in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+class Crash(RuntimeError):
+    """A simulated crash in the middle of a run."""
+
+
+def crash_at(step: int):
+    """A training hook that raises Crash when the loop reaches `step`."""
+
+    def hook(current, state):
+        if current == step:
+            raise Crash(f"simulated crash at step {current}")
+
+    return hook
+
+
+def assert_resume_equals(cfg: ml_collections.ConfigDict, full_dir, full: dict, workdir, step: int = 3) -> None:
+    """Crashes a run of `cfg` at `step`, resumes it in `workdir`: results, metrics and params equal the full run's."""
+    import pytest
+
+    from jaxdl import train
+
+    with pytest.raises(Crash):
+        train.train_and_evaluate(cfg, workdir, hooks=[crash_at(step)])
+    assert not (Path(workdir) / "results.json").exists()
+    resumed = train.train_and_evaluate(cfg, workdir)
+    assert resumed["test"] == full["test"]
+    assert metrics_lines(workdir) == metrics_lines(full_dir)
+    assert_trees_close(saved_params(full_dir)[0], saved_params(workdir)[0], rtol=0, atol=0)
+
+
+def shared_run(tmp_path_factory, name: str, cfg: ml_collections.ConfigDict) -> tuple[Path, dict]:
+    """(workdir, results) of a training run made once per test session, however many xdist workers ask.
+
+    The first worker to ask trains it under a file lock; the others wait for the
+    lock and read its results.json. (A module fixture would train once per worker
+    that runs one of the module's tests.) Without xdist it is a plain cached run.
+    """
+    import os
+
+    import filelock
+
+    from jaxdl import train
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # The session's dir, shared by its workers.
+    workdir = base / "shared_runs" / name
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(f"{workdir}.lock"):
+        if not (workdir / "results.json").exists():
+            train.train_and_evaluate(cfg, workdir)
+    return workdir, json.loads((workdir / "results.json").read_text())

@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdl import checkpoint, experiment, predict, tasks, train
+from jaxdl import checkpoint, experiment, predict, tasks
 from jaxdl.data import datasets
 from tests import helpers
 
 
 @pytest.fixture(scope="module")
 def digits_workdir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("predict") / "run"
-    train.train_and_evaluate(helpers.tiny_cnn(training__num_steps=4), workdir)
-    return workdir
+    return helpers.shared_run(tmp_path_factory, "digits_tiny_cnn_4_steps", helpers.tiny_cnn(training__num_steps=4))[0]
 
 
 def test_classification_top5_are_the_model_probabilities(digits_workdir, tmp_path, capsys):

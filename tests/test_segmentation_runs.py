@@ -28,8 +28,7 @@ def _shapes_unet(**overrides):
 
 @pytest.fixture(scope="module")
 def unet_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("segmentation") / "run"
-    return workdir, train.train_and_evaluate(_shapes_unet(), workdir)
+    return helpers.shared_run(tmp_path_factory, "shapes_unet_tiny", _shapes_unet())
 
 
 def test_shapes_unet_reports_the_segmentation_metrics_and_picks_by_miou(unet_run):
@@ -72,24 +71,8 @@ def test_unet_resnet_configs_run_on_the_tiny_encoder(tmp_path):
     helpers.build_without_data(helpers.config("pets_unet_resnet34"))  # The full-size recipe builds.
 
 
-class _Crash(RuntimeError):
-    """A simulated crash in the middle of a run."""
-
-
 def test_segmentation_resume_after_crash_equals_uninterrupted_run(tmp_path, unet_run):
-    def crash_at_3(step, state):
-        if step == 3:
-            raise _Crash("simulated crash")
-
-    with pytest.raises(_Crash):
-        train.train_and_evaluate(_shapes_unet(), tmp_path / "resumed", hooks=[crash_at_3])
-    resumed = train.train_and_evaluate(_shapes_unet(), tmp_path / "resumed")
-    full_dir, full = unet_run
-    assert resumed["test"] == full["test"]
-    assert helpers.metrics_lines(tmp_path / "resumed") == helpers.metrics_lines(full_dir)
-    helpers.assert_trees_close(
-        helpers.saved_params(full_dir)[0], helpers.saved_params(tmp_path / "resumed")[0], rtol=0, atol=0
-    )
+    helpers.assert_resume_equals(_shapes_unet(), *unet_run, tmp_path / "resumed")
 
 
 def test_predict_writes_the_mask_the_model_predicts(unet_run, tmp_path, capsys):

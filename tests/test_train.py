@@ -68,29 +68,9 @@ def test_same_seed_same_numbers_and_other_seed_differs(tmp_path):
     assert a["test"] != c["test"]
 
 
-class _Crash(RuntimeError):
-    """A simulated crash in the middle of a run."""
-
-
-def _crash_at(step):
-    def hook(current, state):
-        if current == step:
-            raise _Crash(f"simulated crash at step {current}")
-
-    return hook
-
-
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     full = train.train_and_evaluate(helpers.tiny_cnn(), tmp_path / "full")
-    with pytest.raises(_Crash):
-        train.train_and_evaluate(helpers.tiny_cnn(), tmp_path / "resumed", hooks=[_crash_at(7)])
-    assert not (tmp_path / "resumed" / "results.json").exists()
-    resumed = train.train_and_evaluate(helpers.tiny_cnn(), tmp_path / "resumed")
-    assert resumed["test"] == full["test"]
-    assert helpers.metrics_lines(tmp_path / "resumed") == helpers.metrics_lines(tmp_path / "full")
-    params_full, _ = helpers.saved_params(tmp_path / "full")
-    params_resumed, _ = helpers.saved_params(tmp_path / "resumed")
-    helpers.assert_trees_close(params_full, params_resumed, rtol=0, atol=0)
+    helpers.assert_resume_equals(helpers.tiny_cnn(), tmp_path / "full", full, tmp_path / "resumed", step=7)
 
 
 def test_sigterm_saves_and_stops_cleanly_then_resumes(tmp_path):
@@ -113,8 +93,10 @@ def test_sigterm_saves_and_stops_cleanly_then_resumes(tmp_path):
 @pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
 def test_checkpoint_restores_across_device_counts(tmp_path, first, second):
     reference = train.train_and_evaluate(helpers.tiny_cnn(parallel__num_devices=first), tmp_path / "ref")
-    with pytest.raises(_Crash):
-        train.train_and_evaluate(helpers.tiny_cnn(parallel__num_devices=first), tmp_path / "run", hooks=[_crash_at(6)])
+    with pytest.raises(helpers.Crash):
+        train.train_and_evaluate(
+            helpers.tiny_cnn(parallel__num_devices=first), tmp_path / "run", hooks=[helpers.crash_at(6)]
+        )
     resumed = train.train_and_evaluate(helpers.tiny_cnn(parallel__num_devices=second), tmp_path / "run")
     assert resumed["num_devices"] == second
     np.testing.assert_allclose(resumed["test"]["loss"], reference["test"]["loss"], rtol=1e-4)

@@ -128,7 +128,8 @@ class Importer:
                 return
             self.errors.append(f"tensor '{key}' has shape {tuple(value.shape)}; the model expects {want} at '{path}'")
             return
-        self.written[path] = np.asarray(value, dtype=np.float32)
+        # A copy: the imported variables must not share memory with the caller's torch tensors.
+        self.written[path] = np.array(value, dtype=np.float32, copy=True)
 
     # Layout helpers: torch name prefix -> flax path prefix.
     def conv(self, path: str, key: str, bias: bool | None = None) -> None:

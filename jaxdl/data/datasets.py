@@ -374,10 +374,31 @@ def local_builder(name: str, data_dir: str = "", split_sizes=None) -> tfds.core.
     return builder
 
 
+def _without_tensorflow(name: str) -> None:
+    """Lets tfds builders that name a TensorFlow dtype in their feature spec load without TensorFlow.
+
+    tfds' `coco` builder declares `'image/id': tf.int64`; everything else it
+    reads is numpy. When TensorFlow is not installed (jaxdl never needs it),
+    its module gets a namespace holding numpy's int64 in place of `tf`.
+    """
+    if not name.startswith("coco"):
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        return
+    import types
+
+    from tensorflow_datasets.object_detection import coco
+
+    coco.tf = types.SimpleNamespace(int64=np.int64)
+
+
 def load_source(name: str, split: str, data_dir: str = "", split_sizes=None):
     """A random-access source of one split: records are dicts of numpy values."""
     if name in LOCAL_BUILDERS:
         return local_builder(name, data_dir, split_sizes).as_data_source(split=split)
+    _without_tensorflow(name)
     try:
         # download=False: without network a download would fail late or hang.
         return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)

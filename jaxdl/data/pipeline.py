@@ -14,8 +14,9 @@ transform that needs floats (rescale, normalize, a resizing crop) converts them.
 
 A batch holds named arrays of declared kinds (see `jaxdl.data.transforms`):
 `input` (an image, or features / token ids), `target` (kind
-`config.dataset.target_kind`: a label, a per-pixel `mask` [B, H, W] or a
-`sequence`), each of `config.dataset.extra_keys` under its own name (`boxes`
+`config.dataset.target_kind`: a label, a per-pixel `mask` [B, H, W], a
+`sequence`, or `objects`: class ids [B, max_boxes] with `boxes` and
+`box_valid` beside them, see `jaxdl.data.objects`), each of `config.dataset.extra_keys` under its own name (`boxes`
 [B, N, 4] with `box_valid`; others ride along), and from `eval_batches` the
 example `mask` [B] of real rows.
 """
@@ -34,11 +35,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxdl.data import datasets, sources, transforms
+from jaxdl.data import datasets, objects, sources, transforms
 from jaxdl.errors import ConfigError, check_at_least, check_choice
 
 _SPLIT_KEYS = ("train_split", "val_split", "test_split")
-_TARGET_KINDS = {"label": "label", "mask": transforms.MASK, "sequence": "sequence"}
+_TARGET_KINDS = {
+    "label": "label",
+    "mask": transforms.MASK,
+    "sequence": "sequence",
+    "objects": transforms.BOX_CLASSES,
+}
 # Extra keys with a geometric kind; any other extra key rides along untouched (box_classes).
 _EXTRA_KINDS = {"boxes": transforms.BOXES, "box_valid": transforms.BOX_VALID}
 _RESERVED = ("input", "target", "mask")  # Batch names the extra keys must not take.
@@ -46,8 +52,11 @@ _RESERVED = ("input", "target", "mask")  # Batch names the extra keys must not t
 
 def _check_keys(source, config: ml_collections.ConfigDict) -> None:
     record = source[0]
-    for key in ("input_key", "target_key"):
-        if config[key] not in record:
+    keys = ("input_key", "target_key")
+    if config.target_kind == "objects":
+        keys += ("boxes_key", "box_valid_key", "box_ignore_key")
+    for key in keys:
+        if config[key] and not objects.has_key(record, config[key]):
             raise ConfigError(
                 f"config.dataset.{key}='{config[key]}' is not a feature of {config.name}; "
                 f"choose one of: {', '.join(sorted(record))}"
@@ -69,7 +78,15 @@ def _check_kinds(config: ml_collections.ConfigDict) -> None:
     for key in extra:
         if key in _RESERVED:
             raise ConfigError(f"config.dataset.extra_keys holds '{key}', a name the batch already uses")
-    if ("boxes" in extra) != ("box_valid" in extra):
+    if config.target_kind == "objects":
+        objects.check_config(config)
+        for key in ("boxes", "box_valid"):
+            if key in extra:
+                raise ConfigError(
+                    f"config.dataset.extra_keys holds '{key}', which target_kind='objects' makes itself; "
+                    "name the records' boxes in config.dataset.boxes_key (and box_valid_key)"
+                )
+    elif ("boxes" in extra) != ("box_valid" in extra):
         raise ConfigError("config.dataset.extra_keys must hold 'boxes' and 'box_valid' together")
     if not isinstance(config.ignore_index, int) or config.ignore_index < 0:
         raise ConfigError(f"config.dataset.ignore_index={config.ignore_index} is not valid; it must be an int >= 0")
@@ -78,6 +95,8 @@ def _check_kinds(config: ml_collections.ConfigDict) -> None:
 def kinds(config: ml_collections.ConfigDict) -> dict[str, str]:
     """The kind of every batch key the dataset config produces (see jaxdl.data.transforms)."""
     extra = {key: _EXTRA_KINDS.get(key, "other") for key in config.extra_keys}
+    if config.target_kind == "objects":
+        extra.update(_EXTRA_KINDS)
     return {"input": transforms.IMAGE, "target": _TARGET_KINDS[config.target_kind], **extra}
 
 
@@ -89,12 +108,16 @@ class _Gather(grain.transforms.Map):
     and travels with the record indices (`_index`) for the id check at the end.
     """
 
-    def __init__(self, source, config: ml_collections.ConfigDict, split: str):
+    def __init__(self, source, config: ml_collections.ConfigDict, split: str, num_classes: int | None = None):
         self.source = source
         self.keys = {"input": config.input_key, "target": config.target_key, **{k: k for k in config.extra_keys}}
         self.split, self.name = split, config.name
         self.is_mask = config.target_kind == "mask"
         self.ignore_index = config.ignore_index
+        self.objects = None
+        if config.target_kind == "objects":
+            self.objects = objects.ObjectReader(config, split, num_classes)
+            del self.keys["target"]  # The reader makes target, boxes and box_valid.
 
     def map(self, indices: np.ndarray) -> dict:
         if len(indices) == 0 and not isinstance(self.source, datasets.InMemorySource):
@@ -102,6 +125,10 @@ class _Gather(grain.transforms.Map):
             return {name: value[:0] for name, value in self.map(np.zeros(1, np.int64)).items()}
         if isinstance(self.source, datasets.InMemorySource):
             batch = {name: self.source.column(key)[indices] for name, key in self.keys.items()}
+            if self.objects is not None:
+                columns = {key: self.source.column(key)[indices] for key in self.objects.keys()}
+                hw = np.tile(np.asarray(batch["input"].shape[1:3]), (len(indices), 1))
+                batch.update(self.objects.read_columns(columns, hw, indices))
             if self.is_mask:  # One shape for all records: check the first, squeeze all.
                 masks = batch["target"]
                 if len(masks):
@@ -111,6 +138,9 @@ class _Gather(grain.transforms.Map):
             # One record at a time: tfds' batched __getitems__ is not supported by its mock_data.
             records = [self.source[int(i)] for i in indices]
             batch = {name: [np.asarray(r[key]) for r in records] for name, key in self.keys.items()}
+            if self.objects is not None:
+                hw = np.array([image.shape[:2] for image in batch["input"]], np.int64).reshape(-1, 2)
+                batch.update(self.objects.read(records, hw, indices))
             if self.is_mask:
                 images, masks = batch["input"], batch["target"]
                 batch["target"] = [self._mask(m, x, i) for m, x, i in zip(masks, images, indices, strict=True)]
@@ -236,7 +266,8 @@ class Splits:
         self, config: ml_collections.ConfigDict, batch_size: int | None = None, num_classes: int | None = None
     ):
         self.config = config
-        self.num_classes = num_classes  # For mask targets: ids must be below it (or the ignore_index).
+        # For mask and object targets: class ids must be below it (masks: or the ignore_index).
+        self.num_classes = num_classes
         self._sources = {}
         self._statistics = None
         check_choice("dataset.eval_remainder", config.eval_remainder, ("pad", "drop"))
@@ -308,7 +339,7 @@ class Splits:
         """The grain ops that turn a batch of indices of `split` into a model-ready batch."""
         specs = transforms.parse(self.config.train_transforms if train else self.config.eval_transforms)
         statistics = self.statistics() if transforms.needs_statistics(specs) else None
-        gather = _Gather(self.source(split), self.config, split)
+        gather = _Gather(self.source(split), self.config, split, self.num_classes)
         offset = jax.process_index() * (global_batch // jax.process_count()) if global_batch else 0
         ops = transforms.build(
             specs,

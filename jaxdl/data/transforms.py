@@ -26,8 +26,9 @@ ride along untouched:
   a box whose clipped width or height is zero (it left the image) gets
   box_valid = 0 and coordinates 0; once 0 it stays 0. So after any chain, a
   valid box holds the centres of all of its object's mask pixels, and an
-  invalid box has no mask pixels left. Other per-box keys (box_classes) ride
-  along unchanged.
+  invalid box has no mask pixels left. Per-box values (kind `box_classes`,
+  e.g. the class ids of a detection target) stay in their slots; only
+  `mosaic`, which gathers the boxes of four images, moves them with the boxes.
 - `label`, `sequence` and anything else: untouched by the geometric ops.
 
 `rescale`, `normalize` and `standardize` act on `input` only (features or
@@ -111,8 +112,8 @@ class RandomTransform(grain.transforms.RandomMap):
         return self.apply(batch, params[self.offset : self.offset + size])
 
 
-IMAGE, MASK, BOXES, BOX_VALID = "image", "mask", "boxes", "box_valid"
-KINDS = (IMAGE, MASK, BOXES, BOX_VALID, "label", "sequence", "features", "other")
+IMAGE, MASK, BOXES, BOX_VALID, BOX_CLASSES = "image", "mask", "boxes", "box_valid", "box_classes"
+KINDS = (IMAGE, MASK, BOXES, BOX_VALID, BOX_CLASSES, "label", "sequence", "features", "other")
 DEFAULT_KINDS = {"input": IMAGE}
 
 
@@ -440,6 +441,88 @@ class MapMask(Keyed, grain.transforms.Map):
         return out
 
 
+class Mosaic(Keyed, RandomTransform):
+    """Four images of the batch in a 2 x 2 grid, cut back to one image's size at a random place.
+
+    With probability `p` an example becomes the [2H, 2W] canvas of itself (top
+    left) and three other examples of the batch, drawn at random (top right,
+    bottom left, bottom right), cropped to [H, W] at a uniform random offset,
+    so the four meet at a uniform random point of the output (YOLOv4's mosaic,
+    as ultralytics trains YOLOv8 with it). The batch's images must be one array.
+    Masks follow their images. The four images' boxes are moved and clipped to
+    the crop; a box stays valid when its clipped width and height are >= 2
+    pixels and it keeps >= 10% of its area (the candidate rule ultralytics
+    applies after its mosaic), so a valid box may show only part of its object
+    and a dropped one may leave a sliver of pixels. Valid boxes come first in
+    grid order with their per-box values (`box_classes` kind); beyond the
+    slots of one image (max_boxes) the rest are dropped.
+
+    Partners come from this process's part of the global batch, so with
+    several processes the mosaics differ from a one-process run's.
+    """
+
+    min_side, min_area_fraction = 2.0, 0.1
+
+    def __init__(self, p: float = 1.0):
+        if not 0 <= p <= 1:
+            raise ValueError(f"mosaic: p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def draw(self, rng, size):
+        # apply?, three partner uniforms, crop offset uniforms (y, x).
+        return rng.random((size, 6))
+
+    def apply(self, batch, params):
+        images = batch[self.keys(batch, IMAGE)[0]] if self.keys(batch, IMAGE) else batch["input"]
+        if not isinstance(images, np.ndarray):
+            raise ValueError("mosaic needs images of one size; put a resizing transform before it")
+        n, h, w = images.shape[:3]
+        if n < 2:
+            return batch
+        on = params[:, 0] < self.p
+        others = 1 + np.minimum((params[:, 1:4] * (n - 1)).astype(np.int64), n - 2)
+        tiles = np.concatenate([np.arange(n)[:, None], (np.arange(n)[:, None] + others) % n], axis=1)  # [n, 4]
+        tiles = np.where(on[:, None], tiles, np.arange(n)[:, None])
+        top = np.where(on, np.minimum((params[:, 4] * (h + 1)).astype(np.int64), h), 0)
+        left = np.where(on, np.minimum((params[:, 5] * (w + 1)).astype(np.int64), w), 0)
+        rows = (top[:, None] + np.arange(h))[:, :, None]  # Canvas rows and columns of each output pixel.
+        cols = (left[:, None] + np.arange(w))[:, None, :]
+        tile = (rows >= h).astype(np.int64) * 2 + (cols >= w)  # Which of the four images a pixel shows.
+        source = np.take_along_axis(tiles, tile.reshape(n, -1), axis=1).reshape(n, h, w)
+        out = dict(batch)
+        for key in self.keys(batch, IMAGE) + self.keys(batch, MASK):
+            out[key] = batch[key][source, rows % h, cols % w]
+        quadrant = np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float32)  # (x, y) of each tile in the canvas.
+        shift = quadrant[None] - np.stack([left, top], axis=1)[:, None, :].astype(np.float32)  # [n, 4, 2]
+        for key in self.keys(batch, BOXES):
+            out.update(self._gather_boxes(batch, key, tiles, shift, (h, w), on))
+        return out
+
+    def _gather_boxes(self, batch: dict, key: str, tiles: np.ndarray, shift: np.ndarray, hw, on: np.ndarray) -> dict:
+        n, g = batch[key].shape[:2]
+        boxes = batch[key][tiles] + np.tile(shift, 2)[:, :, None, :]  # [n, 4, g, 4]
+        clipped = np.clip(boxes, 0, np.array([hw[1], hw[0]] * 2, np.float32))
+        size, kept = boxes[..., 2:] - boxes[..., :2], clipped[..., 2:] - clipped[..., :2]
+        valid = np.ones((n, 4, g), bool)
+        for valid_key in self.keys(batch, BOX_VALID):
+            valid &= batch[valid_key][tiles] != 0
+        candidate = np.all(kept >= self.min_side, axis=-1)
+        candidate &= kept.prod(-1) >= self.min_area_fraction * np.maximum(size.prod(-1), 1e-12)
+        valid &= candidate | ~on[:, None, None]  # An example left as it was keeps its boxes as they were...
+        valid[~on, 1:] = False  # ...and takes none from the copies of itself standing in for partners.
+        valid = valid.reshape(n, 4 * g)
+        order = np.argsort(~valid, axis=1, kind="stable")[:, :g]
+        keep = np.take_along_axis(valid, order, axis=1)
+        out = {key: np.where(keep[..., None], np.take_along_axis(clipped.reshape(n, 4 * g, 4), order[..., None], 1), 0)}
+        out[key] = out[key].astype(np.float32)
+        for valid_key in self.keys(batch, BOX_VALID):
+            out[valid_key] = keep.astype(batch[valid_key].dtype)
+        for value_key in self.keys(batch, BOX_CLASSES):
+            values = batch[value_key][tiles].reshape(n, 4 * g)
+            out[value_key] = np.where(keep, np.take_along_axis(values, order, axis=1), 0).astype(values.dtype)
+        return out
+
+
 # name -> constructor; `standardize` also receives the training statistics.
 REGISTRY = {
     "rescale": Rescale,
@@ -452,6 +535,7 @@ REGISTRY = {
     "resize": Resize,
     "letterbox": Letterbox,
     "map_mask": MapMask,
+    "mosaic": Mosaic,
 }
 
 # Transforms that accept a list of images of different sizes and return one array.

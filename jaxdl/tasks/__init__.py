@@ -11,6 +11,7 @@ import ml_collections
 from jaxdl.errors import check_choice
 from jaxdl.tasks.base import Task
 from jaxdl.tasks.classification import Classification
+from jaxdl.tasks.detection import Detection
 from jaxdl.tasks.forecasting import Forecasting
 from jaxdl.tasks.regression import Regression
 from jaxdl.tasks.segmentation import Segmentation
@@ -18,6 +19,7 @@ from jaxdl.tasks.tagging import Tagging
 
 TASKS: dict[str, type[Task]] = {
     "classification": Classification,
+    "detection": Detection,
     "forecasting": Forecasting,
     "regression": Regression,
     "segmentation": Segmentation,
@@ -40,6 +42,7 @@ __all__ = [
     "TASKS",
     "Task",
     "Classification",
+    "Detection",
     "Forecasting",
     "Regression",
     "Segmentation",

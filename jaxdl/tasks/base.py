@@ -90,6 +90,17 @@ class Task(abc.ABC):
         """Casts raw targets from the pipeline to what `loss` expects."""
         return jnp.asarray(targets)
 
+    def targets(self, batch: Mapping[str, jax.Array]):
+        """What `loss` and `metrics` compare outputs with, from a batch (default: its prepared `target`).
+
+        A task whose targets span several batch keys (detection: class ids, boxes
+        and their valid flags) returns them together, as a dict.
+        """
+        return self.prepare_targets(batch["target"])
+
+    # The output format a model must declare (its `detection_head` class attribute); None: any.
+    model_output: str | None = None
+
     def transform_outputs(self, outputs: jax.Array, inputs: jax.Array) -> jax.Array:
         """The model's raw outputs as the quantity loss and metrics compare with targets (default: as is)."""
         del inputs

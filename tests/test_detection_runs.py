@@ -1,0 +1,136 @@
+"""Detection end to end on tiny variants: the configs, exact resume, jaxdl-predict, the figure, wrong heads."""
+
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxdl import checkpoint, experiment, predict, tasks, train
+from jaxdl.errors import ConfigError
+from jaxdl.tasks.detection import Outputs
+from tests import helpers
+
+SMALL = dict(
+    dataset__split_sizes=(48, 16, 16),
+    # letterbox is the identity on the 64 px shapes images; it lets jaxdl-predict take other sizes.
+    dataset__eval_transforms=f"letterbox(size=64)|rescale(scale={1 / 255})",
+    training__batch_size=8,
+    training__num_steps=4,
+    training__eval_every_steps=2,
+    training__checkpoint_every_steps=2,
+    training__log_every_steps=1,
+    schedule__warmup_steps=0,
+    parallel__num_devices=1,
+)
+
+
+def _yolov8(**overrides):
+    return helpers.config("shapes_yolov8n", **{**SMALL, "model__name": "yolov8_tiny", **overrides})
+
+
+@pytest.fixture(scope="module")
+def yolo_run(tmp_path_factory):
+    return helpers.shared_run(tmp_path_factory, "shapes_yolov8_tiny", _yolov8())
+
+
+def test_shapes_yolov8_reports_coco_metrics_and_picks_by_map(yolo_run):
+    workdir, results = yolo_run
+    assert {"loss", "map50_95", "map50", "map75"} <= set(results["test"])
+    assert all(0 <= results["test"][k] <= 1 for k in ("map50_95", "map50", "map75"))
+    assert results["best_metric"] == "val/map50_95"
+    lines = helpers.metrics_lines(workdir)
+    train_lines = [line for line in lines if "train/box_loss" in line]
+    assert len(train_lines) == 4 and all(np.isfinite(line["train/dfl_loss"]) for line in train_lines)
+    vals = [line for line in lines if "val/map50_95" in line]
+    best = max(vals, key=lambda line: line["val/map50_95"])
+    assert results["best_step"] == best["step"]
+
+
+def _yolov1(**overrides):
+    return helpers.config(
+        "shapes_yolov1", **{**SMALL, "model__name": "yolov1_tiny", "model__kwargs": "{}", **overrides}
+    )
+
+
+@pytest.fixture(scope="module")
+def yolov1_run(tmp_path_factory):
+    return helpers.shared_run(tmp_path_factory, "shapes_yolov1_tiny", _yolov1())
+
+
+def test_shapes_yolov1_runs_on_the_tiny_variant(yolov1_run):
+    workdir, results = yolov1_run
+    assert np.isfinite(results["test"]["loss"]) and 0 <= results["test"]["map50"] <= 1
+    lines = [line for line in helpers.metrics_lines(workdir) if "train/no_object_loss" in line]
+    assert lines and np.isfinite(lines[-1]["train/xy_loss"])
+
+
+@pytest.mark.parametrize("strategy", ["jit", "pmap"])
+def test_map_on_8_devices_equals_one_device(yolo_run, tmp_path, strategy):
+    """The host evaluator gathers every image's detections from all devices: the same mAP as on one."""
+    workdir, results = yolo_run
+    config = json.loads((workdir / "config.json").read_text())
+    config["parallel"].update(num_devices=8, strategy=strategy)
+    copy = tmp_path / "eight"
+    shutil.copytree(workdir, copy)
+    (copy / "config.json").write_text(json.dumps(config))
+    metrics = train.evaluate_workdir(copy)
+    for key in ("map50_95", "map50", "map75"):
+        assert metrics[key] == pytest.approx(results["test"][key], abs=1e-6), key
+
+
+def test_detection_resume_after_crash_equals_uninterrupted_run(tmp_path, yolov1_run):
+    """On yolov1_tiny: compiling yolov8's many convolutions twice more would double this file's time."""
+    helpers.assert_resume_equals(_yolov1(), *yolov1_run, tmp_path / "resumed")
+
+
+def test_predict_reports_the_task_detections_in_the_file_pixels(yolo_run, tmp_path, capsys):
+    """A 64 px test image and the same image at 128 px (pixels doubled): the same detections, boxes x2."""
+    workdir, _ = yolo_run
+    cfg = _yolov8()
+    run = experiment.Experiment(cfg, for_training=False)
+    image = np.asarray(run.splits.source("test")[0]["image"])
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.fromarray(image).save(small)
+    Image.fromarray(image).resize((128, 128), Image.NEAREST).save(large)
+    argv = [f"--workdir={workdir}", f"--out={tmp_path / 'out'}", "--score_threshold=0.0", str(small), str(large)]
+    assert predict.predict_cli(argv) == 0
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    # What the task keeps for this image, computed here from the checkpoint.
+    variables, _ = checkpoint.restore_variables(workdir)
+    model = experiment.build_model(cfg, tasks.build_task(cfg))
+    raw = model.apply(variables, image[None].astype(np.float32) / 255, train=False)
+    found = {k: np.asarray(v)[0] for k, v in run.task.detections(Outputs(jnp.asarray(raw), (64, 64))).items()}
+    valid = found["valid"]
+    assert len(first["detections"]) == int(valid.sum()) > 0
+    np.testing.assert_allclose([d["box"] for d in first["detections"]], found["boxes"][valid], atol=0.01)
+    assert [d["class"] for d in first["detections"]] == found["classes"][valid].tolist()
+    np.testing.assert_allclose([d["score"] for d in first["detections"]], found["scores"][valid], atol=1e-4)
+    assert [d["class"] for d in second["detections"]] == [d["class"] for d in first["detections"]]
+    np.testing.assert_allclose(
+        [d["box"] for d in second["detections"]], 2 * np.array([d["box"] for d in first["detections"]]), atol=0.02
+    )
+    assert Image.open(second["boxes_image"]).size == (128, 128)
+
+
+def test_show_detections_draws_the_grid(yolo_run, tmp_path):
+    workdir, _ = yolo_run
+    show = helpers.load_experiment("show_detections")
+    out = show.show(workdir, num=3, score=0.0, out=tmp_path / "grid.png")
+    assert Image.open(out).size[0] > 300
+
+
+def test_full_size_detection_configs_build():
+    for name in ("shapes_yolov8n", "shapes_yolov1", "coco_yolov8n"):
+        helpers.build_without_data(helpers.config(name))
+
+
+def test_a_model_without_the_task_head_is_one_line():
+    with pytest.raises(ConfigError, match=r"model.name='yolov8n' does not give the 'yolov1' outputs"):
+        helpers.build_without_data(helpers.config("shapes_yolov8n", task__head="yolov1"))
+    with pytest.raises(ConfigError, match=r"model.name='resnet18' does not give the 'yolov8' outputs .*not a detector"):
+        helpers.build_without_data(helpers.config("shapes_yolov8n", model__name="resnet18"))
+    with pytest.raises(ConfigError, match="needs objects as targets"):
+        helpers.build_without_data(helpers.config("shapes_unet", task__name="detection"))
