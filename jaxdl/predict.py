@@ -147,7 +147,6 @@ class Predictor:
             "pixels_per_class": {str(k): int(c) for k, c in enumerate(counts)},
         }
 
-
     def _input_to_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scale, shift) [2] as (x, y) mapping the model input's pixels back to the file's image.
 

@@ -162,8 +162,8 @@ def test_parse_valid_spec():
     [
         (
             "blur(sigma=1)",
-            "unknown transform 'blur'; choose one of: center_crop, letterbox, map_mask, normalize, random_crop, "
-            "random_flip, random_resized_crop, rescale, resize, standardize",
+            "unknown transform 'blur'; choose one of: center_crop, letterbox, map_mask, mosaic, normalize, "
+            "random_crop, random_flip, random_resized_crop, rescale, resize, standardize",
         ),
         ("rescale(0.5)", "cannot parse"),  # Positional arguments are rejected.
         ("rescale(scale=0.5", "cannot parse"),

@@ -67,9 +67,9 @@ def test_shapes_yolov1_runs_on_the_tiny_variant(yolov1_run):
     assert lines and np.isfinite(lines[-1]["train/xy_loss"])
 
 
-@pytest.mark.parametrize("strategy", ["jit", "pmap"])
-def test_map_on_8_devices_equals_one_device(yolo_run, tmp_path, strategy):
-    """The host evaluator gathers every image's detections from all devices: the same mAP as on one."""
+def test_map_on_8_devices_equals_one_device(yolo_run, tmp_path, strategy="pmap"):
+    """The host evaluator gathers every image's detections from all 8 devices (pmap, whose per-device outputs are
+    reshaped on the host; jit's are global arrays): the same mAP as on one."""
     workdir, results = yolo_run
     config = json.loads((workdir / "config.json").read_text())
     config["parallel"].update(num_devices=8, strategy=strategy)
@@ -134,3 +134,27 @@ def test_a_model_without_the_task_head_is_one_line():
         helpers.build_without_data(helpers.config("shapes_yolov8n", model__name="resnet18"))
     with pytest.raises(ConfigError, match="needs objects as targets"):
         helpers.build_without_data(helpers.config("shapes_unet", task__name="detection"))
+
+
+def test_fine_tuning_starts_from_an_ultralytics_file_with_new_classes(tmp_path):
+    """`init_from` an 80-class ultralytics yolov8n: everything but the class logits loads into the 3-class model."""
+    pytest.importorskip("ultralytics")
+    from safetensors.numpy import save_file
+    from ultralytics.nn.tasks import DetectionModel
+
+    reference = DetectionModel("yolov8n.yaml", nc=80, verbose=False)
+    path = tmp_path / "yolov8n_coco.safetensors"
+    save_file({k: v.numpy() for k, v in reference.state_dict().items()}, str(path))
+    cfg = _yolov8(model__name="yolov8n", model__kwargs="{'class_channels': 80}", init_from=str(path))
+    run = experiment.Experiment(cfg)
+    loaded = _flat(run.pretrained)
+    kernel = reference.state_dict()["model.0.conv.weight"].numpy().transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(loaded["params/model_0/conv/kernel"], kernel)
+    assert "params/head/cls_0_1/conv/kernel" in loaded  # The hidden class layers, as wide as the source's.
+    assert not any(k.startswith("params/head/cls_0_2/") for k in loaded)  # 80 logits do not fit 3: fresh init.
+
+
+def _flat(tree) -> dict:
+    from flax import traverse_util
+
+    return traverse_util.flatten_dict(tree, sep="/")

@@ -85,9 +85,9 @@ def test_eval_step_ignores_padding():
 
 
 def test_build_task_and_errors():
-    assert tasks.list_tasks() == ["classification", "forecasting", "regression", "segmentation", "tagging"]
+    assert tasks.list_tasks() == ["classification", "detection", "forecasting", "regression", "segmentation", "tagging"]
     assert tasks.build_task(helpers.config("digits_cnn", task__name="regression", task__num_targets=3)).num_outputs == 3
-    with pytest.raises(ConfigError, match="config.task.name='ranking' is not valid; choose one of: classification, fo"):
+    with pytest.raises(ConfigError, match="config.task.name='ranking' is not valid; choose one of: classification, de"):
         tasks.build_task(helpers.config("digits_cnn", task__name="ranking"))
     with pytest.raises(ConfigError, match="config.task.num_classes=1 is not valid; it must be >= 2"):
         tasks.build_task(helpers.config("digits_cnn", task__num_classes=1))

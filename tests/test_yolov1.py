@@ -308,3 +308,25 @@ def test_decode_by_hand() -> None:
     np.testing.assert_allclose(clipped[0, 5], [16, 22, 48, 58])
     with pytest.raises(ValueError, match="have 12 channels per cell, but boxes_per_cell=3 and num_classes=2 need 17"):
         yolov1_decode(jnp.asarray(out), (64, 128), num_classes=C, boxes_per_cell=3)
+
+
+def test_outputs_made_from_the_targets_score_map_1():
+    """Targets written as YOLOv1 outputs, decoded, NMS'd and scored by the task: mAP 1 with one object per cell."""
+    from jaxdl.tasks.detection import Detection, Outputs
+
+    rng = np.random.default_rng(0)
+    n, s, g = 6, 4, 3
+    boxes = np.zeros((n, g, 4), np.float32)
+    for b in range(n):
+        cells = rng.choice(s * s, g, replace=False)  # One object per cell.
+        for k, cell in enumerate(cells):
+            cy, cx = (cell // s + rng.uniform(0.3, 0.7)) * 16, (cell % s + rng.uniform(0.3, 0.7)) * 16
+            w, h = rng.uniform(6, 20, 2)
+            boxes[b, k] = np.clip([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 0, 64)
+    truth = {"boxes": boxes, "target": rng.integers(0, 3, (n, g)), "box_valid": np.ones((n, g), np.uint8)}
+    task = Detection(3, "yolov1", iou_threshold=0.5)
+    grid = yolov1_targets(task.targets(truth), (64, 64), grid_size=s, num_classes=3)
+    exact = jnp.concatenate([grid["xy"], grid["sqrt_wh"], grid["has_object"][..., None].astype(jnp.float32)], -1)
+    outputs = jnp.concatenate([exact, jnp.zeros_like(exact), grid["classes"]], -1)  # Predictor 2 finds nothing.
+    values = {k: np.asarray(v) for k, v in task.host_values(Outputs(outputs, (64, 64)), truth).items()}
+    assert task.host_metrics(values) == pytest.approx({"map50_95": 1.0, "map50": 1.0, "map75": 1.0}, abs=1e-9)
