@@ -186,12 +186,14 @@ class Experiment:
 
         def init(key):
             variables = init_variables(key, jnp.asarray(sample))
-            return TrainState.create(
+            state = TrainState.create(
                 apply_fn=self.model.apply,
                 params=variables["params"],
                 batch_stats=variables.get("batch_stats", {}),
                 tx=self.tx,
             )
+            # A strongly typed step, as a restored checkpoint holds it: the steps compile once for both.
+            return state.replace(step=jnp.zeros((), jnp.int32))
 
         return init
 

@@ -183,7 +183,7 @@ def test_object_keys_are_checked_before_reading(data_dir):
 # --- voc and coco through tfds -----------------------------------------------------------
 
 
-def _tfds_records(n, seed, crowd=False):
+def _tfds_records(n, seed, crowd=False, num_classes=5):
     """Records as tfds' voc and coco hold them: images of several sizes, normalised (ymin, xmin, ymax, xmax)."""
     rng = np.random.default_rng(seed)
     records = []
@@ -193,7 +193,7 @@ def _tfds_records(n, seed, crowd=False):
         lo = rng.uniform(0, 0.5, (k, 2))
         hi = lo + rng.uniform(0.1, 0.5, (k, 2))
         bbox = np.concatenate([lo, np.minimum(hi, 1.0)], axis=1).astype(np.float32)
-        objects_ = {"bbox": bbox, "label": rng.integers(0, 5, k)}
+        objects_ = {"bbox": bbox, "label": rng.integers(0, num_classes, k)}
         if crowd:
             objects_["is_crowd"] = np.arange(k) == 1
         records.append({"image": rng.integers(0, 255, (h, w, 3)).astype(np.uint8), "objects": objects_, "index": i})
