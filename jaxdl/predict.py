@@ -68,10 +68,9 @@ class Predictor:
         specs = transforms.parse(self.config.dataset.eval_transforms)
         if transforms.needs_statistics(specs):
             raise WorkdirError(f"{workdir}: standardize() needs the training data; jaxdl-predict takes image configs")
-        self.ops = transforms.build(specs, None)
-        # The same ops told about boxes: they show where the transforms move a point of the image.
-        box_kinds = {"input": transforms.IMAGE, "boxes": transforms.BOXES, "box_valid": transforms.BOX_VALID}
-        self.box_ops = transforms.build(specs, None, kinds=box_kinds)
+        # The ops move boxes too: a probe box beside the image shows where they move its pixels.
+        kinds = {"input": transforms.IMAGE, "boxes": transforms.BOXES, "box_valid": transforms.BOX_VALID}
+        self.ops = transforms.build(specs, None, kinds=kinds)
         self.resizes = any(spec.name in transforms.RESIZING for spec in specs)
         self.task = tasks.build_task(self.config)
         self.model = experiment.build_model(self.config, self.task)
@@ -99,20 +98,33 @@ class Predictor:
             )
         return pixels.astype(self.inputs.get("dtype", "uint8"))
 
-    def outputs(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The model's outputs for one image and the transformed image the model saw."""
-        batch = {"input": image[None]}
+    def outputs(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """The model's outputs for one image, the transformed image the model saw, and the map back.
+
+        The map is (scale, shift), each [2] as (x, y), taking the model input's
+        pixels to the file's: a one-pixel box at the image's centre goes through
+        the eval transforms with the image, and how it moves (each transform is a
+        scale and a shift per axis) is inverted.
+        """
+        h, w = image.shape[:2]
+        probe = np.array([[[w / 2 - 0.5, h / 2 - 0.5, w / 2 + 0.5, h / 2 + 0.5]]], np.float32)
+        batch = {"input": image[None], "boxes": probe, "box_valid": np.ones((1, 1), np.uint8)}
         for op in self.ops:
             batch = op.map(batch)
-        return np.asarray(self._apply(self.variables, np.asarray(batch["input"])))[0], np.asarray(batch["input"])[0]
+        moved = np.asarray(batch["boxes"], np.float64)[0, 0]
+        scale = moved[2:] - moved[:2]  # The probe's size was 1 x 1.
+        shift = moved[:2] - probe[0, 0, :2] * scale
+        model_input = np.asarray(batch["input"])
+        outputs = np.asarray(self._apply(self.variables, model_input))[0]
+        return outputs, model_input[0], (1 / scale, -shift / scale)
 
     def predict(self, path: Path, out: Path, top: int = 5, score_threshold: float = 0.25) -> dict:
         """The JSON record of one image; writes its PNGs for segmentation and detection."""
         image = self.load(path)
-        outputs, model_input = self.outputs(image)
+        outputs, model_input, to_image = self.outputs(image)
         record = {"file": str(path)}
         if self.config.task.name == "detection":
-            return {**record, **self._detect(path, out, outputs, image, model_input, score_threshold)}
+            return {**record, **self._detect(path, out, outputs, image, model_input, to_image, score_threshold)}
         if self.task.num_outputs == 1 and self.config.task.name == "classification":  # One logit: P(class 1).
             p1 = float(1 / (1 + np.exp(-outputs[0])))
             probabilities = np.array([1 - p1, p1])
@@ -147,24 +159,7 @@ class Predictor:
             "pixels_per_class": {str(k): int(c) for k, c in enumerate(counts)},
         }
 
-    def _input_to_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(scale, shift) [2] as (x, y) mapping the model input's pixels back to the file's image.
-
-        A one-pixel box at the image's centre is put through the eval transforms
-        with the image; how it moves is the transforms' map (each is a scale and
-        a shift per axis), which is then inverted.
-        """
-        h, w = image.shape[:2]
-        probe = np.array([[[w / 2 - 0.5, h / 2 - 0.5, w / 2 + 0.5, h / 2 + 0.5]]], np.float32)
-        batch = {"input": image[None], "boxes": probe, "box_valid": np.ones((1, 1), np.uint8)}
-        for op in self.box_ops:
-            batch = op.map(batch)
-        moved = np.asarray(batch["boxes"], np.float64)[0, 0]
-        scale = moved[2:] - moved[:2]  # The probe's size was 1 x 1.
-        shift = moved[:2] - probe[0, 0, :2] * scale
-        return 1 / scale, -shift / scale
-
-    def _detect(self, path: Path, out: Path, outputs, image, model_input, score_threshold: float) -> dict:
+    def _detect(self, path: Path, out: Path, outputs, image, model_input, to_image, score_threshold: float) -> dict:
         import jax.numpy as jnp
         from PIL import Image, ImageDraw
 
@@ -173,7 +168,7 @@ class Predictor:
         found = self.task.detections(Outputs(jnp.asarray(outputs)[None], tuple(model_input.shape[:2])))
         found = {k: np.asarray(v)[0] for k, v in found.items()}
         keep = found["valid"] & (found["scores"] >= score_threshold)
-        scale, shift = self._input_to_image(image)
+        scale, shift = to_image
         h, w = image.shape[:2]
         boxes = found["boxes"][keep] * np.tile(scale, 2) + np.tile(shift, 2)
         boxes = np.clip(boxes, 0, [w, h, w, h])

@@ -94,11 +94,11 @@ def make_train_step(task: Task, options: StepOptions = StepOptions()) -> Callabl
                 inputs, soft, _ = augment.mix(jax.random.fold_in(rng, 1 << 20), inputs, soft, options.mix)
 
             def per_example(outputs):
-                return task.soft_loss(outputs, soft)
+                return task.soft_loss(outputs, soft), {}
         else:
 
             def per_example(outputs):
-                return task.loss(outputs, targets)
+                return task.loss_terms(outputs, targets)
 
         def loss_fn(params):
             outputs, updates = state.apply_fn(
@@ -110,13 +110,13 @@ def make_train_step(task: Task, options: StepOptions = StepOptions()) -> Callabl
             )
             main, aux = _split_outputs(outputs)
             main = task.transform_outputs(main, inputs)
-            losses = per_example(main)
+            losses, terms = per_example(main)
             for extra in aux:
-                losses = losses + options.aux_loss_weight * per_example(task.transform_outputs(extra, inputs))
-            return jnp.mean(losses), (main, losses, updates)
+                losses = losses + options.aux_loss_weight * per_example(task.transform_outputs(extra, inputs))[0]
+            return jnp.mean(losses), (main, losses, terms, updates)
 
-        (_, (outputs, losses, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        metrics = {k: jnp.mean(v) for k, v in task.metrics(outputs, targets).items()}
+        (_, (outputs, losses, terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        metrics = {k: jnp.mean(v) for k, v in {**task.metrics(outputs, targets), **terms}.items()}
         metrics["loss"] = jnp.mean(losses)  # The loss that was minimised (smoothed, mixed, with aux).
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)

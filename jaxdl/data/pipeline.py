@@ -16,9 +16,10 @@ A batch holds named arrays of declared kinds (see `jaxdl.data.transforms`):
 `input` (an image, or features / token ids), `target` (kind
 `config.dataset.target_kind`: a label, a per-pixel `mask` [B, H, W], a
 `sequence`, or `objects`: class ids [B, max_boxes] with `boxes` and
-`box_valid` beside them, see `jaxdl.data.objects`), each of `config.dataset.extra_keys` under its own name (`boxes`
-[B, N, 4] with `box_valid`; others ride along), and from `eval_batches` the
-example `mask` [B] of real rows.
+`box_valid` beside them, see `jaxdl.data.objects`), each of
+`config.dataset.extra_keys` under its own name (`boxes` [B, N, 4] with
+`box_valid`; others ride along), and from `eval_batches` the example `mask`
+[B] of real rows.
 """
 
 from __future__ import annotations
@@ -138,13 +139,13 @@ class _Gather(grain.transforms.Map):
             # One record at a time: tfds' batched __getitems__ is not supported by its mock_data.
             records = [self.source[int(i)] for i in indices]
             batch = {name: [np.asarray(r[key]) for r in records] for name, key in self.keys.items()}
-            if self.objects is not None:
-                hw = np.array([image.shape[:2] for image in batch["input"]], np.int64).reshape(-1, 2)
-                batch.update(self.objects.read(records, hw, indices))
             if self.is_mask:
                 images, masks = batch["input"], batch["target"]
                 batch["target"] = [self._mask(m, x, i) for m, x, i in zip(masks, images, indices, strict=True)]
             batch = {name: _stack(values) for name, values in batch.items()}
+            if self.objects is not None:  # Already one padded array per key.
+                hw = np.array([image.shape[:2] for image in batch["input"]], np.int64).reshape(-1, 2)
+                batch.update(self.objects.read(records, hw, indices))
         if self.is_mask:
             batch["_index"] = np.asarray(indices, np.int64)
         return batch

@@ -57,6 +57,14 @@ class Task(abc.ABC):
     def loss(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
         """Per-example loss, shape [batch], in float32."""
 
+    def loss_terms(self, outputs: jax.Array, targets: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The per-example loss and, computed with it, its named terms (logged in training; default none).
+
+        The train step takes both from this one call, so a loss made of parts
+        (detection: box, class, DFL) is computed once per step, not again for the logs.
+        """
+        return self.loss(outputs, targets), {}
+
     @abc.abstractmethod
     def metrics(self, outputs: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
         """Per-example metrics, each of shape [batch]; includes 'loss'."""

@@ -134,10 +134,13 @@ class Detection(Task):
     def loss(self, outputs: Outputs, targets: Mapping[str, jax.Array]) -> jax.Array:
         return self._loss(outputs, targets)[0]
 
-    def metrics(self, outputs: Outputs, targets: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    def loss_terms(self, outputs: Outputs, targets: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
         per_example, parts = self._loss(outputs, targets)
         # A part is a batch value or one per image; as a column its batch mean is the batch's value.
-        return {"loss": per_example, **{f"{k}_loss": jnp.full_like(per_example, v) for k, v in parts.items()}}
+        return per_example, {f"{k}_loss": jnp.full_like(per_example, v) for k, v in parts.items()}
+
+    def metrics(self, outputs: Outputs, targets: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        return {"loss": self.loss(outputs, targets)}
 
     def eval_sums(self, outputs: Outputs, targets: Mapping[str, jax.Array], mask: jax.Array) -> dict[str, jax.Array]:
         return {"loss": jnp.sum(self.loss(outputs, targets) * mask), "count": jnp.sum(mask)}
