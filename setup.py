@@ -55,6 +55,7 @@ setup(
             "jaxdl-eval=jaxdl.main:eval_cli",
             "jaxdl-segment=jaxdl.segment:segment_cli",
             "jaxdl-predict=jaxdl.predict:predict_cli",
+            "jaxdl-bench=jaxdl.bench:main",
         ],
     },
 )

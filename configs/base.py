@@ -15,6 +15,15 @@ def get_config() -> ml_collections.ConfigDict:
     # Compute dtype of the model: float32 | bfloat16 (mixed precision: params,
     # optimizer state and the loss stay float32).
     config.dtype = "float32"
+    # Rematerialise the model's blocks in the backward pass (less activation memory,
+    # more compute): none | full (keep block inputs only) | dots_saveable |
+    # dots_with_no_batch_dims_saveable (also keep matmul outputs). Models with a
+    # `remat` field only (ViT, ConvNeXt).
+    config.remat = "none"
+    # Initialise with an `rbg` key derived from config.seed (fast to compile, see
+    # jaxdl.experiment.init_key) instead of the seed's threefry key; dropout and data
+    # keep threefry either way. False reproduces the init numbers of older runs.
+    config.fast_init = True
     # A PyTorch state dict in torchvision naming (.safetensors or .npz) to start
     # from instead of a random init; see config.transfer for heads and freezing.
     config.init_from = ""
@@ -93,6 +102,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.worker_count = 0  # grain worker processes (0: read in this process).
     config.dataset.prefetch_batches = 2  # Batches placed on device ahead of the step.
     config.dataset.eval_remainder = "pad"  # pad: evaluate every example | drop.
+    # Repeated augmentation (DeiT's RASampler): each training batch holds batch_size / k
+    # examples k times, each copy augmented on its own; an epoch keeps its number of
+    # batches (a 1/k subsample). 1: off. Must divide training.batch_size.
+    config.dataset.repeated_augmentations = 1
     # Time series only (sunspots, co2, csv; task forecasting). Cut 70/15/15 in time
     # order; a window of `lookback` past values predicts the next `horizon` values,
     # records {"input": [lookback, 1], "target": [horizon]} scaled with the train
@@ -107,6 +120,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.mixup_alpha = 0.0  # > 0: mixup with lambda ~ Beta(alpha, alpha).
     config.augment.cutmix_alpha = 0.0  # > 0: cutmix with lambda ~ Beta(alpha, alpha).
     config.augment.switch_prob = 0.5  # Both on: the chance a batch uses cutmix instead of mixup.
+
+    # An exponential moving average of the params (timm's ModelEmaV2: no warm-up), updated
+    # after every optimizer update and checkpointed; when on, validation, the best
+    # checkpoint, test and jaxdl-eval/predict use the EMA params. BatchNorm statistics stay live.
+    config.ema = ml_collections.ConfigDict()
+    config.ema.decay = 0.0  # 0: off; else in (0, 1), e.g. 0.9999.
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # sgd | momentum | adam | adamw | rmsprop
@@ -136,12 +155,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.training.log_every_steps = 20
     config.training.checkpoint_every_steps = 100
     config.training.keep_checkpoints = 2  # Latest K; the best is kept apart.
+    # Checkpoint saves return once the state is copied to host memory and the files are written
+    # in the background (orbax's async manager): for big states the loop does not wait on disk.
+    config.training.async_checkpoints = False
     config.training.early_stopping_patience = 0  # Evaluations without improvement; 0: off.
     # The validation metric that picks the best checkpoint (and drives early stopping),
     # e.g. "val/accuracy"; empty: the task's choice (val/loss for every current task).
     # Its direction (higher or lower is better) comes from the task.
     config.training.best_metric = ""
     config.training.progress_bar = True
+    # FIRST,LAST (e.g. --config.profile_steps=10,15): a JAX profiler trace of those
+    # steps (numbered from 1, as in metrics.jsonl) is written to workdir/profile, for
+    # TensorBoard's profile plugin; () is off. In jaxdl-bench, among the timed steps.
+    config.profile_steps = ()
 
     config.parallel = ml_collections.ConfigDict()
     config.parallel.strategy = "jit"  # jit (sharded over a Mesh) | pmap
@@ -151,4 +177,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.parallel.coordinator_address = ""
     config.parallel.num_processes = 1
     config.parallel.process_id = 0
+
+    # The jit strategy's device mesh, axes ("data", "fsdp"): the batch splits over
+    # both; with fsdp > 1 params and optimizer state are sharded over "fsdp"
+    # (ZeRO-3: each array's largest dimension the fsdp size divides). data * fsdp
+    # must equal the run's devices (config.parallel.num_devices, else all).
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = 0  # 0: every device the fsdp axis leaves.
+    config.mesh.fsdp = 1  # 1: state replicated (data parallel). pmap needs 1.
+    # Arrays with fewer elements stay replicated: each sharded array costs an
+    # all-gather per step, latency-bound when small, and sharding these saves
+    # little. At 2**16 (256 KiB in float32) the whole ones are biases, norm and
+    # layer scales and ConvNeXt's depthwise kernels: 0.1% of a ViT-L's params
+    # plus Adam state, 0.7% of a ConvNeXt-L's (experiments/fsdp_memory.py).
+    config.mesh.fsdp_min_size = 2**16
     return config

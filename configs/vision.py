@@ -45,6 +45,22 @@ def imagenet(config: ml_collections.ConfigDict, size: int = 224) -> None:
     config.training.log_every_steps = 100
 
 
+def timm_augment(config: ml_collections.ConfigDict, size: int = 224, erasing: float = 0.25) -> None:
+    """The training transforms of the DeiT and ConvNeXt recipes (timm's `create_transform` with auto_augment).
+
+    Random-resized crop, flip, RandAugment rand-m9-mstd0.5 (two ops, each run
+    with probability 0.5, magnitude ~ N(9, 0.5), gaps filled with the ImageNet
+    mean), normalisation, then random erasing with probability `erasing` in
+    timm's 'pixel' mode (on normalised images, so after normalize).
+    """
+    fill = tuple(round(255 * m) for m in IMAGENET_MEAN)
+    normalize = f"rescale(scale={1 / 255})|normalize(mean={IMAGENET_MEAN}, std={IMAGENET_STD})"
+    config.dataset.train_transforms = (
+        f"random_resized_crop(size={size})|random_flip()|rand_augment(n=2, m=9, mstd=0.5, p=0.5, fill={fill})|"
+        f"{normalize}|random_erasing(p={erasing})"
+    )
+
+
 def epochs_to_fraction(epochs: float, total_epochs: float) -> float:
     """A number of epochs as a fraction of the run, for schedule keys given as fractions."""
     return epochs / total_epochs

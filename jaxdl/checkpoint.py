@@ -6,6 +6,12 @@ Each checkpoint holds three items: `state` (params, batch_stats, opt_state, step
 checkpoint lives in its own manager, so keeping it never evicts a checkpoint
 needed to resume.
 
+A save is atomic: orbax writes a step into `<step>.orbax-checkpoint-tmp` and
+renames it to `<step>` only after every item is written, so a process killed
+mid-save leaves no step that a restore would list. With `async_save`, `save`
+returns once the arrays are copied to host memory and a background thread
+writes the files; the next save, a restore and `close` wait for it.
+
 `Checkpoints` is the one restore path: training resumes through
 `restore_latest`, picks its test state through `restore_best`, and everything
 that only needs a trained model (jaxdl-eval, jaxdl-segment, the benchmarks,
@@ -27,14 +33,21 @@ from jaxdl.errors import WorkdirError
 log = logging.getLogger(__name__)
 
 
-def _manager(directory: Path, keep: int, create: bool = True) -> ocp.CheckpointManager:
+def _manager(
+    directory: Path, keep: int, create: bool = True, async_save: bool = False, remove_unfinished: bool = False
+) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         directory.absolute(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=create,
-            # Synchronous saves: a SIGTERM or crash right after save() loses nothing.
-            enable_async_checkpointing=False,
+            # Async saves are safe with a train step that donates the state: orbax's array
+            # handler blocks in save() until every array is copied to host memory (it defers
+            # the copy only under a device-to-host byte limit, which jaxdl never sets).
+            enable_async_checkpointing=async_save,
+            # Only the run that writes may delete the temporary directories a killed save
+            # left; a reader (jaxdl-eval on a live run) would delete a save in flight.
+            cleanup_tmp_directories=remove_unfinished,
         ),
         item_handlers={
             "state": ocp.StandardCheckpointHandler(),
@@ -55,11 +68,24 @@ def _first_local_device() -> jax.sharding.Sharding:
 class Checkpoints:
     """The latest and best checkpoints of one workdir."""
 
-    def __init__(self, workdir: str | Path, keep: int = 2):
+    def __init__(
+        self, workdir: str | Path, keep: int = 2, *, async_save: bool = False, remove_unfinished: bool = False
+    ):
+        """Opens (creating if needed) the workdir's `checkpoints/` and `best/` managers.
+
+        Args:
+          workdir: the run's directory.
+          keep: how many latest checkpoints to keep.
+          async_save: saves return once the arrays are on the host; files are written in the background.
+          remove_unfinished: deletes the temporary directories of saves that a killed process left
+            (only for the process that trains: a reader must not delete a save in flight).
+        """
         workdir = Path(workdir)
         self.workdir = workdir
-        self.latest = _manager(workdir / "checkpoints", keep)
-        self.best = _manager(workdir / "best", 1)
+        self.latest = _manager(
+            workdir / "checkpoints", keep, async_save=async_save, remove_unfinished=remove_unfinished
+        )
+        self.best = _manager(workdir / "best", 1, async_save=async_save, remove_unfinished=remove_unfinished)
 
     def __enter__(self) -> Checkpoints:
         return self
@@ -78,7 +104,6 @@ class Checkpoints:
             ),
             force=True,
         )
-        manager.wait_until_finished()
 
     def save_latest(self, step: int, state_tree, data_iterator, meta: dict) -> None:
         """Saves a resumable checkpoint at `step` (older ones beyond K are deleted)."""
@@ -92,7 +117,13 @@ class Checkpoints:
             return
         self._save(self.best, step, state_tree, data_iterator, meta)
 
+    def wait_until_finished(self) -> None:
+        """Blocks until every save in flight is committed (a no-op for synchronous saves)."""
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
     def _restore(self, manager, step, state_tree, shardings, data_iterator):
+        manager.wait_until_finished()  # The best checkpoint may still be in flight when the test split asks for it.
         items = {"state": ocp.args.StandardRestore(_abstract(state_tree, shardings)), "meta": ocp.args.JsonRestore()}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -172,6 +203,8 @@ class Checkpoints:
 def restore_variables(workdir: str | Path, kinds=("best", "latest")) -> tuple[dict, int]:
     """Model variables ({'params', 'batch_stats' if any}) of a workdir's best checkpoint, else its latest.
 
+    The params are the EMA params when the checkpoint holds them (config.ema.decay > 0).
+
     `kinds` picks the order ('best', 'latest'; one of them alone restricts to it).
     Restored onto this process's first device, with the shapes the checkpoint
     holds; returns (variables, step). A workdir without checkpoints is a WorkdirError.
@@ -181,7 +214,8 @@ def restore_variables(workdir: str | Path, kinds=("best", "latest")) -> tuple[di
         raise WorkdirError(f"{workdir} holds no checkpoint to restore: is it a jaxdl workdir?")
     with Checkpoints(workdir) as checkpoints:
         state, _, step = checkpoints.restore_any(kinds=kinds)
-    variables = {"params": state["params"]}
+    # A run with an EMA of its params (config.ema.decay > 0) is evaluated with the EMA: so are its checkpoints.
+    variables = {"params": state["ema_params"] if state.get("ema_params") is not None else state["params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]
     return variables, step

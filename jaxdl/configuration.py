@@ -123,6 +123,25 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# Keys added to configs/base.py after workdirs were first saved, with the value that
+# reproduces a run saved before the key existed (not necessarily today's default:
+# those runs were initialised with threefry keys). `read_config` fills them in, so
+# the code reads every key plainly instead of guessing defaults where it uses them.
+ADDED_LATER = {
+    "transfer.exclude": "",
+    "transfer.freeze": "",
+    "remat": "none",
+    "fast_init": False,
+    "ema.decay": 0.0,
+    "mesh.data": 0,
+    "mesh.fsdp": 1,
+    "mesh.fsdp_min_size": 0,
+    "dataset.repeated_augmentations": 1,
+    "training.async_checkpoints": False,
+    "profile_steps": (),
+}
+
+
 def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
     """Writes the resolved config as JSON, the form `jaxdl-eval` reads back."""
     path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
@@ -149,4 +168,11 @@ def read_config(path: Path) -> ml_collections.ConfigDict:
             return tuple(tuples(v) for v in node)
         return node
 
-    return ml_collections.ConfigDict(tuples(data))
+    config = tuples(data)
+    for dotted, value in ADDED_LATER.items():  # Keys a config saved by an older jaxdl lacks.
+        *parents, leaf = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node.setdefault(leaf, value)
+    return ml_collections.ConfigDict(config)

@@ -29,6 +29,7 @@ import numpy as np
 from jaxdl import models, optim, parallel, steps, tasks
 from jaxdl.data import pipeline
 from jaxdl.errors import ConfigError, check_at_least, check_choice, check_regex, first_line
+from jaxdl.models.layers import REMAT_POLICIES
 from jaxdl.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,20 @@ def build_model(config: ml_collections.ConfigDict, task: tasks.Task):
     """The configured model, its output size set by the task; bad names and hyperparameters raise ConfigError."""
     check_choice("model.name", config.model.name, models.list_models())
     check_choice("dtype", config.dtype, DTYPES)
+    remat = config.remat
+    check_choice("remat", remat, tuple(REMAT_POLICIES))
     kwargs = config.model.kwargs.to_dict()
     if "num_outputs" in kwargs:
         raise ConfigError("config.model.kwargs.num_outputs is set by the task; remove it")
+    if "remat" in kwargs:
+        raise ConfigError("config.model.kwargs.remat is set from config.remat; set that instead")
     kwargs["num_outputs"] = task.num_outputs
+    if remat != "none":
+        if not models.model_accepts(config.model.name, "remat"):
+            raise ConfigError(
+                f"config.remat='{remat}' is not valid for model '{config.model.name}', which has no remat option"
+            )
+        kwargs["remat"] = remat
     if config.dtype != "float32":
         if not models.model_accepts(config.model.name, "dtype"):
             raise ConfigError(
@@ -74,17 +85,32 @@ def build_model(config: ml_collections.ConfigDict, task: tasks.Task):
         raise ConfigError(f"config.model.kwargs{joint}{message}") from None
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init_variables(model, key: jax.Array, sample: jax.Array) -> dict:
-    """model.init, compiled once per (model hyperparameters, input shape) in a process.
+def init_key(key: jax.Array) -> jax.Array:
+    """An `rbg` key derived from threefry key `key`, for initialising parameters fast.
 
-    Compiling an init is dominated by the random number generation of every
-    parameter tensor (threefry, which XLA's CPU backend compiles slowly); keying
-    the compiled init on the model's hyperparameters, rather than on a new
-    function each run, lets later runs of the same model in one process (sweeps,
-    tests) reuse it. The numbers are those of an uncached init.
+    Compiling an init is dominated by the random numbers of every parameter
+    tensor: threefry is a 20-round hash that XLA emits per tensor and its CPU
+    backend compiles slowly (resnet18: ~10 s), while rbg draws its bits with
+    XLA's RngBitGenerator (~3 s); its split and fold_in stay threefry, so flax's
+    per-parameter keys are as independent as before. The numbers are a pure
+    function of `key`, the same on 1 or 8 devices and when the init is made in
+    its FSDP shards (tests/test_fast_init.py, tests/test_fsdp.py, on CPU), but
+    RngBitGenerator uses the platform's default algorithm, so CPU and GPU may
+    draw different inits for one seed (not checked on a GPU yet). Only the init uses it: dropout and the data
+    order keep the seed's threefry key.
     """
-    return model.init(key, sample, train=False)
+    return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_variables(model, fast: bool, key: jax.Array, sample: jax.Array) -> dict:
+    """model.init (with `init_key(key)` if `fast`), compiled once per (model hyperparameters, input shape) in a process.
+
+    Keying the compiled init on the model's hyperparameters, rather than on a
+    new function each run, lets later runs of the same model in one process
+    (sweeps, tests) reuse it. The numbers are those of an uncached init.
+    """
+    return model.init(init_key(key) if fast else key, sample, train=False)
 
 
 def _check_training(training: ml_collections.ConfigDict) -> None:
@@ -118,9 +144,11 @@ class Experiment:
         training = config.training
         parallel.initialize_distributed(config.parallel)
         self.config = config
-        self.mesh = parallel.build_mesh(config.parallel, training.batch_size)
+        self.mesh = parallel.build_mesh(config.parallel, training.batch_size, config.mesh)
         self.chief = jax.process_index() == 0
-        self.strategy = parallel.make_strategy(config.parallel.strategy, self.mesh)
+        self.strategy = parallel.make_strategy(
+            config.parallel.strategy, self.mesh, fsdp_min_size=config.mesh.fsdp_min_size
+        )
         self.task = tasks.build_task(config)
         self.options = steps.StepOptions.from_config(config, self.task)
         self.model = build_model(config, self.task)
@@ -178,11 +206,12 @@ class Experiment:
     def init_fn(self) -> Callable[[jax.Array], TrainState]:
         """key -> a fresh TrainState (random init; pure, to be jitted or eval_shape'd)."""
         sample = self.sample_input
+        fast = bool(self.config.fast_init)
         try:
             hash(self.model)
-            init_variables = functools.partial(_init_variables, self.model)
+            init_variables = functools.partial(_init_variables, self.model, fast)
         except TypeError:  # Unhashable hyperparameters (a dict): compiled with the rest, not cached.
-            init_variables = functools.partial(_init_variables.__wrapped__, self.model)
+            init_variables = functools.partial(_init_variables.__wrapped__, self.model, fast)
 
         def init(key):
             variables = init_variables(key, jnp.asarray(sample))
@@ -191,6 +220,7 @@ class Experiment:
                 params=variables["params"],
                 batch_stats=variables.get("batch_stats", {}),
                 tx=self.tx,
+                ema_decay=self.config.ema.decay,
             )
             # A strongly typed step, as a restored checkpoint holds it: the steps compile once for both.
             return state.replace(step=jnp.zeros((), jnp.int32))
@@ -203,14 +233,24 @@ class Experiment:
 
     def fresh_state(self, rng: jax.Array) -> TrainState:
         """A new state placed on the mesh, with config.init_from's weights where names and shapes fit."""
-        return self.strategy.put_state(self._pretrained(self.init_fn()(rng)))
+        init = self.init_fn()
+        if getattr(self.strategy, "fsdp_size", 1) > 1:
+            # Made in its shards, so the whole state (params and optimizer moments) never
+            # sits on one device; the numbers equal the unsharded init's (tests/test_fsdp.py).
+            abstract = jax.eval_shape(init, rng)
+            parallel.check_fsdp(self.mesh, abstract.params, self.config.model.name)
+            state = jax.jit(init, out_shardings=self.strategy.state_shardings(abstract))(rng)
+        else:
+            state = init(rng)
+        return self.strategy.put_state(self._pretrained(state))
 
     def restored_state(self, abstract: TrainState, tree: dict) -> TrainState:
         """A placed state from the arrays of a restored checkpoint tree."""
         return self.strategy.put_state(abstract.from_checkpoint_tree(tree))
 
     def state_shardings(self, abstract: TrainState):
-        """Where each checkpoint array of the state goes when restored."""
+        """Where each checkpoint array of the state goes when restored; checks the fsdp size against the shapes."""
+        parallel.check_fsdp(self.mesh, abstract.params, self.config.model.name)
         return self.strategy.state_shardings(abstract.checkpoint_tree())
 
     @functools.cached_property
@@ -255,6 +295,7 @@ class Experiment:
             return jax.tree_util.tree_map_with_path(pick, fresh)
 
         state = state.replace(params=merge("params", state.params), batch_stats=merge("batch_stats", state.batch_stats))
+        state = state.restart_ema()  # The EMA starts from the loaded weights, not the random init.
         if self.chief:
             log.info(
                 "init_from %s: loaded %d arrays, kept the fresh init of %d", self.config.init_from, *counts.values()

@@ -105,7 +105,7 @@ def build_optimizer(
         # L2 decay added to the gradient (coupled), as in classic SGD training recipes.
         parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
     tx = optax.chain(*parts, base) if parts else base
-    freeze = config.transfer.get("freeze", "") if "transfer" in config else ""
+    freeze = config.transfer.freeze
     if check_regex("transfer.freeze", freeze):
         # Frozen params get zero updates and no optimizer state; the rest train as configured.
         tx = optax.multi_transform(

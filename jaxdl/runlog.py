@@ -1,4 +1,4 @@
-"""Run logging: metrics.jsonl, TensorBoard event files, progress bar, parameter table."""
+"""Run logging: metrics.jsonl, TensorBoard event files, progress bar, parameter table, profiler traces."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+from jaxdl.errors import ConfigError
 
 __all__ = [
     "METRICS_FILENAME",
@@ -182,13 +184,20 @@ class MetricWriter:
         kept: list[str] = []
         dropped = 0
         with open(self.metrics_path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                if int(json.loads(line)["step"]) > step:
-                    dropped += 1
-                else:
-                    kept.append(line if line.endswith("\n") else line + "\n")
+            lines = f.readlines()
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                logged = int(json.loads(line)["step"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if index < len(lines) - 1:  # Only a write cut short by a kill tears the last line.
+                    raise
+                logged = step + 1  # Torn: the kill came mid-write, after the last checkpoint.
+            if logged > step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
         if dropped:
             # Write-then-rename so a crash here cannot lose the kept lines.
             tmp_path = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
@@ -401,3 +410,72 @@ def parameter_table(params: Any) -> str:
     rule = "  ".join("-" * width for width in widths)
     lines = [render(header), rule, *(render(row) for row in rows), rule, render(total_row)]
     return "\n".join(lines)
+
+
+def profile_window(value, total_steps: int) -> tuple[int, int] | None:
+    """config.profile_steps as (first, last) step, numbered 1..total_steps as in metrics.jsonl; () is None.
+
+    Anything else, a malformed value or steps outside 1..total_steps or first > last, raises ConfigError.
+    """
+    if value is None or (isinstance(value, (tuple, list)) and len(value) == 0) or value == "":
+        return None
+    shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    usage = f"give FIRST,LAST with 1 <= FIRST <= LAST <= {total_steps} (the run's steps), e.g. 2,3"
+    if not (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ConfigError(f"config.profile_steps='{shown}' is not valid; {usage}")
+    first, last = value
+    if first < 1 or last < 1:
+        raise ConfigError(f"config.profile_steps={shown} is not valid: steps are numbered from 1; {usage}")
+    if first > last:
+        raise ConfigError(f"config.profile_steps={shown} is not valid: the first step is after the last; {usage}")
+    if last > total_steps:
+        raise ConfigError(f"config.profile_steps={shown} is not valid: the run has only {total_steps} steps; {usage}")
+    return first, last
+
+
+class StepProfiler:
+    """Writes a JAX profiler trace (TensorBoard's profile plugin) of the steps in config.profile_steps.
+
+    Call `before(n)` before step n runs and `after(n, outputs)` once it was
+    dispatched; use as a context manager so an interrupted run still closes the trace.
+    """
+
+    def __init__(self, value, total_steps: int, log_dir: Path):
+        self.window = profile_window(value, total_steps)
+        self.log_dir = Path(log_dir)
+        self.active = False
+
+    def before(self, step: int) -> None:
+        """Starts the trace at the window's first step (or the first one a resumed run reaches)."""
+        if self.window and not self.active and self.window[0] <= step <= self.window[1]:
+            import jax  # Here, as in parameter_table: plotting scripts import this module without JAX.
+
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.log_dir))
+            self.active = True
+
+    def after(self, step: int, outputs) -> None:
+        """Stops the trace after the window's last step, once its device work is done."""
+        if self.active and step >= self.window[1]:
+            import jax
+
+            jax.block_until_ready(outputs)  # Else the trace ends before the step's kernels do.
+            self.stop()
+
+    def stop(self) -> None:
+        """Stops and writes the trace if one is running."""
+        if self.active:
+            import jax
+
+            self.active = False
+            jax.profiler.stop_trace()
+
+    def __enter__(self) -> StepProfiler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

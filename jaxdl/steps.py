@@ -142,7 +142,8 @@ def make_eval_step(task: Task) -> Callable:
 
     def eval_step(state: TrainState, batch: dict, totals: dict | None = None, axis_name: str | None = None):
         inputs = batch["input"]
-        outputs = task.transform_outputs(state.apply_fn(state.variables(), inputs, train=False), inputs)
+        # The EMA params when the EMA is on (jaxdl.state): validation, best checkpoint and test all use them.
+        outputs = task.transform_outputs(state.apply_fn(state.eval_variables(), inputs, train=False), inputs)
         sums = task.eval_sums(outputs, task.targets(batch), batch["mask"])
         if axis_name is not None:
             sums = jax.lax.psum(sums, axis_name)
@@ -171,10 +172,10 @@ def evaluate(eval_step: Callable, state: TrainState, batches: Iterable[dict], st
     first = next(batches, None)
     if first is None:
         raise ConfigError("the evaluation split yielded no batch; lower config.training.batch_size")
-    # Zero totals of the step's output structure, placed like the state.
+    # Zero totals of the step's output structure, whole on every device as the step returns them.
     shapes = jax.eval_shape(make_eval_step(task), strategy.host_state(state), first)
     shapes = shapes[0] if task.host_evaluator else shapes
-    totals = strategy.put_state(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+    totals = strategy.put_replicated(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
     gathered: list[dict] = []
     for batch in itertools.chain([first], batches):
         out = eval_step(state, strategy.place_batch(batch), totals)

@@ -134,7 +134,12 @@ class _Trainer:
         self.init_rng, self.dropout_rng = jax.random.split(jax.random.key(config.seed))
         self.abstract = run.abstract_state(self.init_rng)
         self.tree = self.abstract.checkpoint_tree()
-        self.checkpoints = Checkpoints(workdir, keep=self.training.keep_checkpoints)
+        self.checkpoints = Checkpoints(
+            workdir,
+            keep=self.training.keep_checkpoints,
+            async_save=self.training.async_checkpoints,
+            remove_unfinished=True,  # This process is the workdir's one writer.
+        )
         stack.callback(self.checkpoints.close)
         loader = pipeline.train_loader(
             run.splits,
@@ -194,11 +199,14 @@ class _Trainer:
         )
         self.last_flush, self.timed_steps, self.last_time = self.step, 0, time.time()
         stopped_early = self._patience_spent()
-        with bar, _Preemption() as preemption:
+        profiler = runlog.StepProfiler(self.config.profile_steps, run.total_steps, self.workdir / "profile")
+        with bar, _Preemption() as preemption, profiler:
             while self.step < run.total_steps and not stopped_early:
+                profiler.before(self.step + 1)
                 self.state, metrics = self.train_step(self.state, next(self.data), self.dropout_rng)
                 self.pending.append(metrics)
                 self.step += 1
+                profiler.after(self.step, metrics)
                 self.timed_steps += 1
                 if self.time_to_first_step is None:
                     jax.block_until_ready(metrics)
@@ -223,6 +231,7 @@ class _Trainer:
                 for hook in hooks:
                     hook(self.step, self.state)
                 if preempted:
+                    self.checkpoints.wait_until_finished()  # Within the grace period, before the log says saved.
                     return True, False
         return False, stopped_early
 
@@ -256,6 +265,8 @@ class _Trainer:
     def test(self, stopped_early: bool) -> dict:
         """Evaluates the best checkpoint (else the final state) on the test split; writes results.json."""
         config = self.config
+        # results.json must never claim a run whose last checkpoint a kill could still lose.
+        self.checkpoints.wait_until_finished()
         best = None
         if config.dataset.val_split:
             best = self.checkpoints.restore_best(self.tree, self.strategy.state_shardings(self.tree))
@@ -305,6 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     start_time = time.time()
     workdir = _check_workdir(workdir)
     run = Experiment(config)
+    runlog.profile_window(config.profile_steps, run.total_steps)  # A bad window stops the run before compiling.
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

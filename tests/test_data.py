@@ -163,7 +163,8 @@ def test_parse_valid_spec():
         (
             "blur(sigma=1)",
             "unknown transform 'blur'; choose one of: center_crop, letterbox, map_mask, mosaic, normalize, "
-            "random_crop, random_flip, random_resized_crop, rescale, resize, standardize",
+            "rand_augment, random_crop, random_erasing, random_flip, random_resized_crop, rescale, resize, "
+            "standardize",
         ),
         ("rescale(0.5)", "cannot parse"),  # Positional arguments are rejected.
         ("rescale(scale=0.5", "cannot parse"),

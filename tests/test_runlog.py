@@ -212,6 +212,19 @@ def test_truncate_after_drops_stale_steps(tmp_path: Path) -> None:
     assert starts[0].session_log.status == event_pb2.SessionLog.START
 
 
+def test_truncate_after_drops_a_last_line_torn_by_a_kill(tmp_path: Path) -> None:
+    """A kill -9 in the middle of a write leaves half a line; the resume drops it instead of failing."""
+    with MetricWriter(tmp_path, tensorboard=False) as writer:
+        for step in range(1, 4):
+            writer.write(step, {"loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 4, "lo')
+    with MetricWriter(tmp_path, tensorboard=False) as writer:
+        writer.truncate_after(3)
+        writer.write(4, {"loss": 40.0})
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+
+
 def test_truncate_after_on_open_writer_keeps_appending(tmp_path: Path) -> None:
     """Truncating a writer in use keeps both files consistent."""
     with MetricWriter(tmp_path) as writer:

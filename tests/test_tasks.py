@@ -75,6 +75,9 @@ def test_eval_step_ignores_padding():
         def variables(self):
             return {}
 
+        def eval_variables(self):
+            return {}
+
     logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 9.0]])
     batch = {"input": logits, "target": jnp.array([0, 2, 1, 1]), "mask": jnp.array([1.0, 1.0, 0.0, 0.0])}
     sums = make_eval_step(task)(_State(), batch)

@@ -222,11 +222,23 @@ class _EpochBatches(grain.MapDataset):
     remainder is dropped); each process takes its contiguous slice of every
     global batch. The global batches are therefore the same for any number of
     processes: a run on one host and on several sees the same data.
+
+    With `repeats` k > 1 (repeated augmentation: Hoffer et al. 2020, DeiT's
+    RASampler) a global batch holds global_batch / k examples of the
+    permutation, k times over: [a b c ... a b c ... a b c ...]. The random
+    transforms draw for each position, so every copy is augmented on its own;
+    the copies of an example lie global_batch / k apart, so with k or more
+    devices (or processes) each copy lands on a different one, as RASampler
+    deals them to different GPUs. An epoch keeps its number of batches and so
+    uses a 1/k subsample of the permutation, as DeiT's sampler does.
     """
 
-    def __init__(self, num_records: int, global_batch: int, seed: int, process_index: int, process_count: int):
+    def __init__(
+        self, num_records: int, global_batch: int, seed: int, process_index: int, process_count: int, repeats: int = 1
+    ):
         super().__init__()
         self.num_records, self.global_batch, self.shuffle_seed = num_records, global_batch, seed
+        self.repeats = repeats
         self.local_batch = global_batch // process_count
         self.offset = process_index * self.local_batch
         self.batches_per_epoch = num_records // global_batch
@@ -250,6 +262,10 @@ class _EpochBatches(grain.MapDataset):
         if isinstance(index, slice):
             return self.slice(index)
         epoch, position = divmod(index, self.batches_per_epoch)
+        if self.repeats > 1:
+            unique = self.global_batch // self.repeats
+            batch = np.tile(self._epoch_order(epoch)[position * unique : (position + 1) * unique], self.repeats)
+            return batch[self.offset : self.offset + self.local_batch]
         start = position * self.global_batch + self.offset
         return self._epoch_order(epoch)[start : start + self.local_batch]
 
@@ -282,8 +298,17 @@ class Splits:
                 transforms.build(transforms.parse(config[key]), {"mean": 0.0, "std": 1.0}, kinds=self.kinds)
             except ValueError as error:
                 raise ConfigError(f"config.dataset.{key}: {error}") from None
+        self.repeats = config.repeated_augmentations
+        check_at_least("dataset.repeated_augmentations", self.repeats, 1)
+        if not isinstance(self.repeats, int):
+            raise ConfigError(f"config.dataset.repeated_augmentations={self.repeats!r} is not valid; give an int >= 1")
         if batch_size is None:
             return
+        if batch_size % self.repeats:
+            raise ConfigError(
+                f"config.dataset.repeated_augmentations={self.repeats} does not divide "
+                f"config.training.batch_size={batch_size}; each batch holds that many copies of its examples"
+            )
         sources.check(config, batch_size)
         for key in _SPLIT_KEYS:
             if config[key]:
@@ -368,7 +393,14 @@ def train_loader(splits: Splits, *, global_batch_size: int, seed: int, worker_co
             f"config.training.batch_size={global_batch_size} is larger than the "
             f"{len(source)} training examples of {splits.config.name}"
         )
-    batches = _EpochBatches(len(source), global_batch_size, seed, jax.process_index(), jax.process_count())
+    batches = _EpochBatches(
+        len(source),
+        global_batch_size,
+        seed,
+        jax.process_index(),
+        jax.process_count(),
+        repeats=splits.repeats,
+    )
     # The seed of the random transforms; grain mixes in each batch's index.
     operations = splits.operations(splits.config.train_split, train=True, global_batch=global_batch_size)
     dataset = _apply(batches.seed(seed), operations)

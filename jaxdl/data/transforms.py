@@ -46,6 +46,7 @@ from collections.abc import Mapping
 
 import grain
 import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -523,6 +524,207 @@ class Mosaic(Keyed, RandomTransform):
         return out
 
 
+def _check_image_label(op: Keyed, name: str) -> None:
+    """Raises ValueError when the batch carries masks or boxes, which `name` does not move."""
+    moving = sorted(key for key, kind in op.kinds.items() if kind in (MASK, BOXES))
+    if moving:
+        raise ValueError(f"{name} is for image-label data; it does not move '{moving[0]}' with the image")
+
+
+def _as_uint8_images(images, name: str) -> np.ndarray:
+    """[B, H, W, C] uint8 images on the 0..255 scale: uint8 as is, float (a resizing crop's output) rounded."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    if len(images) and (images.min() < 0 or images.max() <= 1):
+        raise ValueError(f"{name} works on 0..255 images; put it before rescale/normalize")
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+
+
+# RandAugment's ops (Cubuk et al. 2020, Sec. 3: identity, autoContrast, equalize,
+# rotate, solarize, color, posterize, contrast, brightness, sharpness, shear-x/y,
+# translate-x/y), each made stronger by a larger magnitude.
+RAND_AUGMENT_OPS = (
+    "identity",
+    "autocontrast",
+    "equalize",
+    "rotate",
+    "solarize",
+    "color",
+    "posterize",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
+
+
+def rand_augment_op(image: np.ndarray, op: str, level: float, sign: float = 1.0, fill=128) -> np.ndarray:
+    """One RandAugment op on an [H, W, C] uint8 image at `level` = M / 10 (M = 10: timm's full range).
+
+    Ranges at level 1 (timm's `rand_augment_ops` with increasing magnitudes,
+    which the DeiT and ConvNeXt recipes use): rotate 30 degrees, shear 0.3,
+    translate 45% of the side, colour/contrast/brightness/sharpness factor
+    1 +- 0.9, solarize threshold 256 - 256 level, posterize 4 - int(4 level)
+    bits. `sign` (+-1) picks the direction of the signed ops; areas moved in
+    from outside the image hold `fill` (an int, or one per channel).
+    Geometric ops resample bilinearly about the top-left corner (rotations
+    about the centre), as PIL's affine does and torchvision's RandAugment calls it.
+    """
+    squeeze = image.ndim == 3 and image.shape[-1] == 1
+    pil = Image.fromarray(image[..., 0] if squeeze else image)
+    channels = len(pil.getbands())
+    fills = tuple(int(f) for f in np.broadcast_to(np.asarray(fill), (channels,)))
+    fills = fills[0] if pil.mode == "L" else fills
+    clipped = min(max(level, 0.0), 1.0)  # Thresholds and bit counts have a natural end.
+    if op == "identity":
+        out = pil
+    elif op == "autocontrast":
+        out = ImageOps.autocontrast(pil)
+    elif op == "equalize":
+        out = ImageOps.equalize(pil)
+    elif op == "rotate":
+        out = pil.rotate(sign * 30.0 * level, resample=Image.BILINEAR, fillcolor=fills)
+    elif op == "solarize":
+        out = ImageOps.solarize(pil, 256 - int(256 * clipped))
+    elif op == "posterize":
+        bits = 4 - int(4 * clipped)
+        out = ImageOps.posterize(pil, bits) if bits > 0 else Image.new(pil.mode, pil.size)
+    elif op in ("color", "contrast", "brightness", "sharpness"):
+        enhancer = {
+            "color": ImageEnhance.Color,
+            "contrast": ImageEnhance.Contrast,
+            "brightness": ImageEnhance.Brightness,
+            "sharpness": ImageEnhance.Sharpness,
+        }[op]
+        out = enhancer(pil).enhance(1.0 + sign * 0.9 * level)
+    elif op in ("shear_x", "shear_y", "translate_x", "translate_y"):
+        # PIL's affine maps each output pixel (x, y) to the input (a x + b y + c, d x + e y + f).
+        shear = sign * 0.3 * level
+        dx, dy = (-sign * 0.45 * level * pil.size[0], 0.0) if op == "translate_x" else (0.0, 0.0)
+        if op == "translate_y":
+            dy = -sign * 0.45 * level * pil.size[1]
+        b, d = (shear, 0.0) if op == "shear_x" else (0.0, shear) if op == "shear_y" else (0.0, 0.0)
+        out = pil.transform(pil.size, Image.AFFINE, (1, b, dx, d, 1, dy), resample=Image.BILINEAR, fillcolor=fills)
+    else:
+        raise ValueError(f"unknown rand_augment op '{op}'; choose one of: {', '.join(RAND_AUGMENT_OPS)}")
+    out = np.asarray(out, np.uint8)
+    return out[..., None] if squeeze else out
+
+
+class RandAugment(Keyed, RandomTransform):
+    """RandAugment(N, M) (Cubuk et al. 2020): `n` ops drawn uniformly (with replacement) per image, at magnitude `m`.
+
+    `m` is on the paper's 0..30 scale, where 10 is the full range of each op
+    (timm's and the TF reference's `_MAX_LEVEL`; see `rand_augment_op`); with
+    `mstd` > 0 each op's magnitude is drawn from N(m, mstd) and clipped to
+    [0, 30] (timm's `mstd`). Each drawn op runs with probability `p` (the
+    paper: 1; timm's rand-m9-mstd0.5, which DeiT and ConvNeXt train with: 0.5).
+    Works on the 0..255 scale, so it goes before rescale/normalize: uint8
+    images, or the float32 of a resizing crop (rounded to uint8, as timm's PIL
+    pipeline holds them); the output is uint8. `fill` (an int or one per
+    channel; timm: the ImageNet mean) fills what geometric ops move in from
+    outside the image. Images and labels only: a
+    dataset with masks or boxes is an error (the ops would not move them).
+    """
+
+    max_magnitude = 30.0
+
+    def __init__(self, n: int = 2, m: float = 9, mstd: float = 0.0, p: float = 1.0, fill=128):
+        if not isinstance(n, int) or n < 0 or not 0 <= m <= self.max_magnitude or mstd < 0 or not 0 <= p <= 1:
+            raise ValueError(f"rand_augment: bad n={n} (int >= 0), m={m} (0..30), mstd={mstd} (>= 0) or p={p}")
+        if not np.all((np.asarray(fill) >= 0) & (np.asarray(fill) <= 255)) or np.ndim(fill) > 1:
+            raise ValueError(f"rand_augment: fill={fill} must be in 0..255 (an int, or one per channel)")
+        self.n, self.m, self.mstd, self.p, self.fill = n, float(m), float(mstd), float(p), fill
+
+    def draw(self, rng, size):
+        # Per op slot: (op uniform, magnitude normal, sign uniform, run uniform).
+        return np.stack(
+            [rng.random((size, self.n)), rng.standard_normal((size, self.n))]
+            + [rng.random((size, self.n)) for _ in range(2)],
+            axis=-1,
+        )
+
+    def ops(self, params: np.ndarray) -> list[tuple[str, float, float]]:
+        """One image's (op, level, sign) list from its parameters [n, 4]; ops skipped by `p` are left out."""
+        chosen = []
+        for u_op, z, u_sign, u_run in params:
+            if u_run >= self.p:
+                continue
+            op = RAND_AUGMENT_OPS[min(int(u_op * len(RAND_AUGMENT_OPS)), len(RAND_AUGMENT_OPS) - 1)]
+            magnitude = float(np.clip(self.m + self.mstd * z, 0.0, self.max_magnitude))
+            chosen.append((op, magnitude / 10.0, 1.0 if u_sign < 0.5 else -1.0))
+        return chosen
+
+    def apply(self, batch, params):
+        _check_image_label(self, "rand_augment")
+        out = dict(batch)
+        for key in self.keys(batch, IMAGE):
+            images = _as_uint8_images(batch[key], "rand_augment").copy()
+            for b, image_params in enumerate(params):
+                for op, level, sign in self.ops(image_params):
+                    images[b] = rand_augment_op(images[b], op, level, sign, self.fill)
+            out[key] = images
+        return out
+
+
+class RandomErasing(Keyed, RandomTransform):
+    """Random erasing (Zhong et al. 2020) as timm's RandomErasing: one box per image with probability `p`.
+
+    Up to 10 tries of area ~ U(scale) x image area and log aspect ~
+    U(log ratio); the first box that fits strictly inside the image is filled
+    with per-pixel N(0, 1) noise (timm's mode 'pixel'). It runs on normalised
+    float images, after normalize (as timm), where N(0, 1) is the data's own
+    scale; uint8 images are an error. Images and labels only.
+    """
+
+    tries = 10
+
+    def __init__(self, p: float = 0.5, scale: tuple = (0.02, 1 / 3), ratio: tuple = (0.3, 3.3)):
+        if not 0 <= p <= 1 or not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"random_erasing: bad p={p}, scale={scale} or ratio={ratio}")
+        self.p, self.scale, self.ratio = float(p), tuple(scale), tuple(ratio)
+
+    def draw(self, rng, size):
+        # Apply uniform, per try (area, log aspect, top, left) uniforms, and a seed for the noise.
+        seeds = rng.integers(0, 2**52, size=(size, 1)).astype(np.float64)  # Exact in float64.
+        return np.concatenate([rng.random((size, 1 + 4 * self.tries)), seeds], axis=1)
+
+    def box(self, height: int, width: int, u: np.ndarray) -> tuple[int, int, int, int] | None:
+        """(top, left, h, w) of one image's box from its uniforms [tries, 4]; None when no try fits."""
+        log_lo, log_hi = np.log(self.ratio[0]), np.log(self.ratio[1])
+        for u_area, u_ratio, u_top, u_left in u:
+            target = height * width * (self.scale[0] + u_area * (self.scale[1] - self.scale[0]))
+            aspect = np.exp(log_lo + u_ratio * (log_hi - log_lo))
+            h, w = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+            if 0 < h < height and 0 < w < width:
+                return int(u_top * (height - h + 1)), int(u_left * (width - w + 1)), h, w
+        return None
+
+    def apply(self, batch, params):
+        _check_image_label(self, "random_erasing")
+        out = dict(batch)
+        for key in self.keys(batch, IMAGE):
+            images = batch[key]
+            if not isinstance(images, np.ndarray) or not np.issubdtype(images.dtype, np.floating):
+                raise ValueError("random_erasing works on normalised float images; put it after normalize(...)")
+            images = images.copy()
+            height, width = images.shape[1:3]
+            for b, row in enumerate(params):
+                if row[0] >= self.p:
+                    continue
+                box = self.box(height, width, row[1:-1].reshape(self.tries, 4))
+                if box is not None:
+                    top, left, h, w = box
+                    noise = np.random.default_rng(int(row[-1])).standard_normal((h, w, *images.shape[3:]))
+                    images[b, top : top + h, left : left + w] = noise.astype(images.dtype)
+            out[key] = images
+        return out
+
+
 # name -> constructor; `standardize` also receives the training statistics.
 REGISTRY = {
     "rescale": Rescale,
@@ -536,6 +738,8 @@ REGISTRY = {
     "letterbox": Letterbox,
     "map_mask": MapMask,
     "mosaic": Mosaic,
+    "rand_augment": RandAugment,
+    "random_erasing": RandomErasing,
 }
 
 # Transforms that accept a list of images of different sizes and return one array.
@@ -606,5 +810,7 @@ def build(
             op.global_batch, op.offset = global_batch, offset
         if isinstance(op, Keyed):
             op.kinds, op.ignore_index = kinds, int(ignore_index)
+        if isinstance(op, RandAugment | RandomErasing):
+            _check_image_label(op, spec.name)  # Here, so a config with masks or boxes fails before any compute.
         ops.append(op)
     return ops

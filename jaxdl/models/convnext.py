@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.models.layers import StochasticDepth
+from jaxdl.models.layers import StochasticDepth, remat, remat_policy
 from jaxdl.models.registry import Check, all_at_least_one, all_positive, positive, probability, register
 
 LAYER_NORM_EPSILON = 1e-6
@@ -90,6 +90,8 @@ class ConvNeXt(nn.Module):
     image_size: int = 224
     cifar_stem: bool = False
     features_only: bool = False
+    # Rematerialise each block in the backward pass; a policy of jaxdl.models.layers.REMAT_POLICIES.
+    remat: str = "none"
     dtype: Any = jnp.float32
 
     checks: ClassVar[Mapping[str, Check]] = {
@@ -97,6 +99,7 @@ class ConvNeXt(nn.Module):
         "widths": all_positive,
         "stochastic_depth_rate": probability,
         "image_size": positive,
+        "remat": remat_policy,
     }
 
     def __post_init__(self) -> None:
@@ -124,6 +127,7 @@ class ConvNeXt(nn.Module):
         )(x)
         x = self._norm("stem_norm")(x)
         rates = iter(block_stochastic_depth_rates(self.depths, self.stochastic_depth_rate))
+        block = remat(ConvNeXtBlock, self.remat, static_argnums=(2,))
         for stage, (depth, width) in enumerate(zip(self.depths, self.widths, strict=True)):
             if stage > 0:
                 x = self._norm(f"downsample{stage - 1}_norm")(x)
@@ -138,7 +142,7 @@ class ConvNeXt(nn.Module):
                 )(x)
                 stride *= 2
             for index in range(depth):
-                x = ConvNeXtBlock(
+                x = block(
                     layer_scale_init=self.layer_scale_init,
                     stochastic_depth_rate=next(rates),
                     dtype=self.dtype,

@@ -1,4 +1,4 @@
-"""Layers shared by several model families: torch-style BatchNorm, Kaiming init, stochastic depth."""
+"""Layers shared by several model families: torch-style BatchNorm, Kaiming init, stochastic depth, remat."""
 
 import contextlib
 import contextvars
@@ -80,13 +80,55 @@ class StochasticDepth(nn.Module):
     rate: float
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """`x` with whole examples zeroed at random (train) or unchanged (eval)."""
+    def __call__(self, x: jax.Array, train: bool = False, rate: jax.Array | None = None) -> jax.Array:
+        """`x` with whole examples zeroed at random (train) or unchanged (eval).
+
+        `rate`, a traced scalar, replaces the field's rate: a scanned stack of
+        blocks shares one module definition, so each layer's rate arrives as
+        data. The field then only says whether the branch is ever dropped (0: never).
+        """
         if not train or self.rate == 0.0:
             return x
+        if rate is not None:
+            keep = 1.0 - jnp.asarray(rate, jnp.float32)
+            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+            # keep == 0 drops every example; dividing by 1 there keeps 0 / 0 (and its gradient) out.
+            return x * (mask / jnp.where(keep > 0, keep, 1.0)).astype(x.dtype)
         keep = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
         if keep == 0.0:
             return jnp.zeros_like(x)
         return x * (mask / keep).astype(x.dtype)
+
+
+# config.remat -> the jax.checkpoint policy of the saved values (None: save nothing, recompute all).
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(field: str, value: str) -> None:
+    """A model hyperparameter check: `value` names a remat policy."""
+    if value not in REMAT_POLICIES:
+        raise ValueError(f"{field}={value!r} is not valid; choose one of: {', '.join(REMAT_POLICIES)}")
+
+
+def remat(block: type[nn.Module], policy: str, *, static_argnums: tuple[int, ...] = (), scanned: bool = False):
+    """`block` rematerialised under `policy` (a key of REMAT_POLICIES); "none" returns `block` itself.
+
+    "full" saves only the block's inputs and recomputes everything else in the
+    backward pass; "dots_saveable" keeps the matmul outputs and recomputes the
+    cheap elementwise work between them. `static_argnums` counts `self` as 0
+    (flax's convention), e.g. (2,) for `__call__(self, x, train)`. Under
+    `nn.scan` (`scanned=True`) the loop already keeps XLA from merging the
+    recomputation with the forward pass, so jax's CSE guard is not needed there
+    (jax.checkpoint's documented advice for scan bodies).
+    """
+    remat_policy("remat", policy)
+    if policy == "none":
+        return block
+    return nn.remat(block, policy=REMAT_POLICIES[policy], static_argnums=static_argnums, prevent_cse=not scanned)

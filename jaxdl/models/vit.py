@@ -8,8 +8,24 @@ the sequence. The class token's final (LayerNorm-ed) state feeds the `head`.
 Parameter names follow torchvision, so `jaxdl.convert.vit` maps them one to one:
 `conv_proj`, `class_token`, `pos_embedding`, `encoder_layer_<i>/{ln_1,
 self_attention/{in_proj,out_proj}, ln_2, mlp_0, mlp_3}`, `encoder_ln`, `head`.
+
+With `scan_layers=True` the blocks are one `nn.scan` over the layer axis: a
+single `encoder_layers/...` entry whose arrays have a leading `num_layers` axis
+replaces the `encoder_layer_<i>` ones. XLA then compiles one block instead of
+`num_layers` copies. `stack_layers` and `unstack_layers` turn one layout into
+the other exactly (for params, and for any tree that mirrors them, such as
+Adam's moments); they live here because the layout is this model's, and both
+`jaxdl.convert` and checkpoint tooling may depend on models, not the reverse.
+
+Where layouts meet: `config.init_from` (a torchvision state dict) fills either
+layout, the importer stacking each block's tensors for a scanned model. A jaxdl
+checkpoint is not converted on restore: a resume continues the run its workdir
+was made with, and a layout change is a change of model. To continue a looped
+run scanned, restore its checkpoint tree, pass it (params and optimizer state
+together) through `stack_layers`, and start the scanned run from that tree.
 """
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -18,13 +34,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdl.models.layers import StochasticDepth
+from jaxdl.models.layers import StochasticDepth, remat, remat_policy
 from jaxdl.models.registry import Check, at_least_one, positive, probability, register
 
 # torchvision's ViT LayerNorm epsilon.
 _LN_EPS = 1e-6
 # Patch size of the CIFAR (32x32) stem: an 8x8 grid of tokens.
 CIFAR_PATCH_SIZE = 4
+# The scanned stack's name, and the looped blocks' names.
+SCANNED_LAYERS = "encoder_layers"
+_LOOPED_LAYER = re.compile(r"encoder_layer_(\d+)")
 
 
 class SelfAttention(nn.Module):
@@ -74,14 +93,19 @@ class EncoderBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Return the block's output, the same shape as `x`."""
+    def __call__(self, x: jax.Array, train: bool = False, rate: jax.Array | None = None) -> jax.Array:
+        """Return the block's output, the same shape as `x`.
+
+        `rate`: this layer's stochastic depth rate as data, from a scanned stack
+        (whose layers share one definition); `stochastic_depth_rate` then only
+        says whether any layer drops (0: none).
+        """
         hidden = x.shape[-1]
         dense_init = dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(1e-6))
         y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="ln_1")(x)
         y = SelfAttention(self.num_heads, self.attention_dropout, dtype=self.dtype, name="self_attention")(y, train)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-        x = x + StochasticDepth(self.stochastic_depth_rate)(y, train)
+        x = x + StochasticDepth(self.stochastic_depth_rate)(y, train, rate)
 
         y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="ln_2")(x)
         y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_0", **dense_init)(y)
@@ -89,7 +113,7 @@ class EncoderBlock(nn.Module):
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = nn.Dense(hidden, dtype=self.dtype, name="mlp_3", **dense_init)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-        return x + StochasticDepth(self.stochastic_depth_rate)(y, train)
+        return x + StochasticDepth(self.stochastic_depth_rate)(y, train, rate)
 
 
 def _config(patch_size: int, num_layers: int, num_heads: int, hidden_dim: int, mlp_dim: int, **extra: Any) -> dict:
@@ -133,6 +157,13 @@ class ViT(nn.Module):
       features_only: return {patch size: the final (LayerNorm-ed) patch tokens
         as a (batch, image_size / p, image_size / p, hidden_dim) grid} instead of
         logits; the class token is dropped and no `head` is built.
+      scan_layers: run the encoder blocks as one `nn.scan` (params under
+        `encoder_layers` with a leading layer axis; dropout keys split per
+        layer). Faster to compile; convert checkpoints of the default looped
+        layout with `stack_layers` / `unstack_layers`.
+      remat: rematerialise each block in the backward pass: "none", "full"
+        (save only block inputs) or "dots_saveable" / "dots_with_no_batch_dims_saveable"
+        (also keep matmul outputs); see `jaxdl.models.layers.remat`.
       dtype: compute dtype; parameters stay float32.
     """
 
@@ -148,6 +179,8 @@ class ViT(nn.Module):
     stochastic_depth_rate: float = 0.0
     cifar_stem: bool = False
     features_only: bool = False
+    scan_layers: bool = False
+    remat: str = "none"
     dtype: Any = jnp.float32
 
     checks: ClassVar[Mapping[str, Check]] = {
@@ -160,7 +193,46 @@ class ViT(nn.Module):
         "dropout_rate": probability,
         "attention_dropout": probability,
         "stochastic_depth_rate": probability,
+        "remat": remat_policy,
     }
+
+    def _rate(self, i: int) -> float:
+        """Stochastic depth rate of block i: linear from 0 to stochastic_depth_rate."""
+        return self.stochastic_depth_rate * i / max(self.num_layers - 1, 1)
+
+    def _encoder(self, x: jax.Array, train: bool) -> jax.Array:
+        """The encoder blocks, looped (`encoder_layer_<i>`) or scanned (`encoder_layers`)."""
+        block = remat(EncoderBlock, self.remat, static_argnums=(2,), scanned=self.scan_layers)
+        shared = dict(dropout_rate=self.dropout_rate, attention_dropout=self.attention_dropout, dtype=self.dtype)
+        if not self.scan_layers:
+            for i in range(self.num_layers):
+                layer = block(
+                    self.num_heads,
+                    self.mlp_dim,
+                    stochastic_depth_rate=self._rate(i),
+                    name=f"encoder_layer_{i}",
+                    **shared,
+                )
+                x = layer(x, train)
+            return x
+        stack = nn.scan(
+            lambda module, carry, rate: (module(carry, train, rate), None),
+            variable_axes={"params": 0},
+            # Each layer its own init and its own dropout / stochastic depth draws.
+            split_rngs={"params": True, "dropout": True},
+            in_axes=0,
+            length=self.num_layers,
+        )
+        layers = block(
+            self.num_heads,
+            self.mlp_dim,
+            stochastic_depth_rate=self.stochastic_depth_rate,
+            name=SCANNED_LAYERS,
+            **shared,
+        )
+        rates = jnp.asarray([self._rate(i) for i in range(self.num_layers)], jnp.float32)
+        x, _ = stack(layers, x, rates)
+        return x
 
     @property
     def effective_patch_size(self) -> int:
@@ -196,17 +268,7 @@ class ViT(nn.Module):
         pos_embedding = self.param("pos_embedding", nn.initializers.normal(0.02), (1, seq_length, self.hidden_dim))
         x = x + pos_embedding.astype(x.dtype)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        for i in range(self.num_layers):
-            rate = self.stochastic_depth_rate * i / max(self.num_layers - 1, 1)
-            x = EncoderBlock(
-                self.num_heads,
-                self.mlp_dim,
-                dropout_rate=self.dropout_rate,
-                attention_dropout=self.attention_dropout,
-                stochastic_depth_rate=rate,
-                dtype=self.dtype,
-                name=f"encoder_layer_{i}",
-            )(x, train)
+        x = self._encoder(x, train)
         x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="encoder_ln")(x)
         if self.features_only:
             grid = self.image_size // p
@@ -219,3 +281,57 @@ class ViT(nn.Module):
             bias_init=nn.initializers.zeros,
             name="head",
         )(x[:, 0])
+
+
+def _map_mappings(tree: Any, fn) -> Any:
+    """`tree` with `fn` applied to every mapping in it, innermost first (through tuples, namedtuples and lists)."""
+    if isinstance(tree, Mapping):
+        return fn({k: _map_mappings(v, fn) for k, v in tree.items()})
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # An optax state (a namedtuple).
+        return type(tree)(*(_map_mappings(v, fn) for v in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_map_mappings(v, fn) for v in tree)
+    return tree
+
+
+def _stack_one(node: dict) -> dict:
+    layers = {int(m.group(1)): key for key in node if (m := _LOOPED_LAYER.fullmatch(key))}
+    if not layers:
+        return node
+    if sorted(layers) != list(range(len(layers))) or SCANNED_LAYERS in node:
+        raise ValueError(
+            f"cannot stack encoder layers {sorted(layers)}: expected encoder_layer_0..N-1 and no {SCANNED_LAYERS}"
+        )
+    out = {key: value for key, value in node.items() if not _LOOPED_LAYER.fullmatch(key)}
+    blocks = [node[layers[i]] for i in range(len(layers))]
+    out[SCANNED_LAYERS] = jax.tree.map(lambda *xs: _xp(xs).stack(xs), *blocks)
+    return out
+
+
+def _unstack_one(node: dict) -> dict:
+    if SCANNED_LAYERS not in node:
+        return node
+    out = {key: value for key, value in node.items() if key != SCANNED_LAYERS}
+    stacked = node[SCANNED_LAYERS]
+    for i in range(jax.tree.leaves(stacked)[0].shape[0]):
+        out[f"encoder_layer_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    return out
+
+
+def _xp(arrays) -> Any:
+    """numpy for host arrays (a checkpoint read on the host stays there), else jax.numpy."""
+    return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
+
+
+def stack_layers(tree: Any) -> Any:
+    """A looped ViT tree (`encoder_layer_<i>` entries) in the scanned layout (`encoder_layers`, leading layer axis).
+
+    Works on variables ({'params': ...}), bare params, or anything that mirrors
+    them (an optimizer state), at any depth; exact (a copy, no arithmetic).
+    """
+    return _map_mappings(tree, _stack_one)
+
+
+def unstack_layers(tree: Any) -> Any:
+    """The inverse of `stack_layers`: a scanned ViT tree in the looped layout."""
+    return _map_mappings(tree, _unstack_one)
