@@ -24,6 +24,8 @@ setup(
         "tensorboardX>=2.6",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        # RandAugment's ops and jaxdl-predict's image files (also a dependency of matplotlib).
+        "pillow>=10",
         "numpy>=1.26",
         # Reads .safetensors state dicts for jaxdl.convert (no torch needed at run time).
         "safetensors>=0.4",
