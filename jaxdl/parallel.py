@@ -106,6 +106,26 @@ def build_mesh(
     return mesh
 
 
+def fit_mesh_for_evaluation(config: ml_collections.ConfigDict) -> str | None:
+    """Makes a saved run config's mesh one this machine can form; returns why it changed it, or None.
+
+    Evaluation gives the same metrics on any mesh, so a run trained on a mesh
+    this machine cannot form (fsdp=8 over 8 GPUs, evaluated on a laptop) is
+    evaluated data-parallel over the devices here. The checkpoint restores onto
+    any mesh (orbax reshards).
+    """
+    try:
+        make_mesh(config.parallel.num_devices, data=config.mesh.data, fsdp=config.mesh.fsdp)
+        return None
+    except ConfigError as error:
+        if 0 < config.parallel.num_devices <= len(jax.devices()) and config.mesh.fsdp == 1 and not config.mesh.data:
+            raise  # Nothing to fall back from.
+        config.mesh.data, config.mesh.fsdp = 0, 1
+        if not 0 < config.parallel.num_devices <= len(jax.devices()):
+            config.parallel.num_devices = 0
+        return str(error)
+
+
 def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = 0) -> P:
     """The ZeRO-3 partition of one state array: its largest dimension divisible by `fsdp_size` over "fsdp".
 

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdl import configuration, models, runlog
+from jaxdl import configuration, models, parallel, runlog
 from jaxdl.checkpoint import Checkpoints
 from jaxdl.data import pipeline
 from jaxdl.errors import NonFiniteLossError, WorkdirError
@@ -362,6 +362,9 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None) -> dict:
     """Metrics of a workdir's best checkpoint (else its latest) on `split` (default: test)."""
     workdir = Path(workdir)
     config = configuration.read_config(workdir / "config.json")
+    why = parallel.fit_mesh_for_evaluation(config)
+    if why:
+        log.warning("the run's mesh cannot be formed here (%s); evaluating data-parallel on this machine", why)
     run = Experiment(config, for_training=False)
     abstract = run.abstract_state(jax.random.key(config.seed))
     with Checkpoints(workdir, keep=config.training.keep_checkpoints) as checkpoints:

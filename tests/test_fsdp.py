@@ -1,5 +1,8 @@
 """The ("data", "fsdp") mesh: sharding rules, FSDP = data parallel numbers, cross-mesh restores, bad meshes."""
 
+import json
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -124,6 +127,18 @@ def test_fsdp8_checkpoint_resumes_on_one_device(fsdp8_run, tmp_path):
     resumed = _resume_across(helpers.tiny_cnn(**FSDP8), helpers.tiny_cnn(), tmp_path)
     assert resumed["num_devices"] == 1
     _assert_runs_close(*fsdp8_run, tmp_path, resumed)
+
+
+def test_fsdp_workdir_evaluates_where_its_mesh_cannot_be_formed(fsdp8_run, tmp_path):
+    """jaxdl-eval of an fsdp=8 run on a machine of 1 device: data parallel there, the same metrics."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(fsdp8_run[0], workdir)
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["parallel"]["num_devices"] = 1  # As if this machine had one device.
+    (workdir / "config.json").write_text(json.dumps(saved))
+    metrics = train.evaluate_workdir(workdir)
+    for key, value in fsdp8_run[1]["test"].items():
+        _close(key, metrics[key], value, "evaluated on 1 device")
 
 
 def test_data8_checkpoint_resumes_under_data2_fsdp4(data8_run, tmp_path):
