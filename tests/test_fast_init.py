@@ -43,3 +43,23 @@ def test_fast_init_is_deterministic_and_the_same_on_one_and_eight_devices():
     helpers.assert_trees_close(one.params, jax.device_get(eight.params), rtol=0, atol=0)
     _, other = _init_params(helpers.tiny_cnn(), jax.random.key(8))
     assert not np.array_equal(one.params["conv_0"]["kernel"], other.params["conv_0"]["kernel"])
+
+
+def test_looped_vit_is_initialised_through_its_scanned_twin():
+    """Fast init of a looped ViT: the scanned twin's init, unstacked; layers differ; threefry init unchanged."""
+    from jaxdl import models
+    from jaxdl.models import vit
+
+    key = jax.random.key(3)
+    looped = models.create_model("vit_mini", num_outputs=10)
+    sample = jnp.zeros((1, 32, 32, 3))
+    params = experiment._init_variables(looped, True, key, sample)["params"]
+    twin = looped.clone(scan_layers=True)
+    scanned = jax.jit(lambda k: twin.init(experiment.init_key(k), sample, train=False))(key)  # Jitted as the init.
+    helpers.assert_trees_close(params, vit.unstack_layers(scanned)["params"], rtol=0, atol=0)
+    kernels = [np.asarray(params[f"encoder_layer_{i}"]["mlp_0"]["kernel"]) for i in range(2)]
+    assert not np.array_equal(*kernels)  # Each layer its own draw.
+    # Without fast init, the looped model's own init as before.
+    plain = experiment._init_variables(looped, False, key, sample)["params"]
+    reference = jax.jit(lambda k: looped.init(k, sample, train=False))(key)
+    helpers.assert_trees_close(plain, reference["params"], rtol=0, atol=0)
