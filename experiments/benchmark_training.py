@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 
 from jaxdl import configuration, train  # noqa: E402
-from jaxdl.data import pipeline  # noqa: E402
 
 
 def end_to_end(config_path: str) -> dict:
@@ -67,10 +66,7 @@ def pipeline_overhead(config_path: str, steps: int, repeats: int = 5, worker_cou
     rng = jax.random.key(config.seed)
     state = run.fresh_state(rng)
     step = run.train_step
-    loader = pipeline.train_loader(
-        run.splits, global_batch_size=config.training.batch_size, seed=config.seed, worker_count=worker_count
-    )
-    real = pipeline.DeviceIterator(loader, run.strategy.place_batch, prefetch=config.dataset.prefetch_batches)
+    real = run.train_data(worker_count)
     held = next(real)
 
     class _Same:

@@ -30,7 +30,6 @@ def first_step(name: str, fast: bool, batch_size: int) -> dict:
     import tensorflow_datasets as tfds
 
     from jaxdl import configuration
-    from jaxdl.data import pipeline
     from jaxdl.experiment import Experiment
 
     cfg = configuration.load_config(ROOT / "configs" / f"{name}.py")
@@ -45,11 +44,10 @@ def first_step(name: str, fast: bool, batch_size: int) -> dict:
         start = time.perf_counter()
         run = Experiment(cfg)
         built = time.perf_counter()
-        init_rng, dropout_rng = jax.random.split(jax.random.key(cfg.seed))
+        init_rng, dropout_rng = run.rngs()
         state = jax.block_until_ready(run.fresh_state(init_rng))
         initialised = time.perf_counter()
-        loader = pipeline.train_loader(run.splits, global_batch_size=batch_size, seed=cfg.seed, worker_count=0)
-        data = pipeline.DeviceIterator(loader, run.strategy.place_batch, prefetch=1)
+        data = run.train_data()
         try:
             batch = next(data)
             read = time.perf_counter()

@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxdl import configuration, runlog
 from jaxdl.errors import ConfigError, UserError
+from jaxdl.experiment import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,6 @@ def benchmark(
       workdir: where config.profile_steps (numbered among the timed steps) writes its trace.
       progress: called with a short message before each phase.
     """
-    from jaxdl.data import pipeline
-    from jaxdl.experiment import Experiment
-
     if steps < 1 or warmup < 0 or pipeline_steps < 0:
         raise ConfigError(f"--steps={steps} must be >= 1, --warmup={warmup} and --pipeline_steps={pipeline_steps} >= 0")
     progress("building the experiment")
@@ -166,7 +164,7 @@ def benchmark(
         raise ConfigError("config.profile_steps needs --workdir in jaxdl-bench: the trace is written there")
     profiler = runlog.StepProfiler(config.profile_steps, steps, Path(workdir or ".") / "profile")
     training = config.training
-    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    init_rng, dropout_rng = run.rngs()
     devices = list(run.mesh.devices.flat)
     results: dict = {
         "model": config.model.name,
@@ -183,10 +181,7 @@ def benchmark(
     state = jax.block_until_ready(run.fresh_state(init_rng))
     results["init_s"] = time.perf_counter() - start
 
-    loader = pipeline.train_loader(
-        run.splits, global_batch_size=training.batch_size, seed=config.seed, worker_count=config.dataset.worker_count
-    )
-    data = pipeline.DeviceIterator(loader, run.strategy.place_batch, prefetch=config.dataset.prefetch_batches)
+    data = run.train_data()
     try:
         held = next(data)  # One real batch, kept on device: shapes, dtypes and targets of the task.
         progress("compiling the train step")

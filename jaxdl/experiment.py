@@ -192,6 +192,25 @@ class Experiment:
         record = np.asarray(self.splits.source(dataset.train_split)[0][dataset.input_key])
         return {"shape": list(record.shape), "dtype": record.dtype.name, "key": dataset.input_key}
 
+    def rngs(self) -> tuple[jax.Array, jax.Array]:
+        """(init key, dropout key) from config.seed: the trainer's, so benchmarks start where a run does."""
+        init_rng, dropout_rng = jax.random.split(jax.random.key(self.config.seed))
+        return init_rng, dropout_rng
+
+    def train_data(self, worker_count: int | None = None) -> pipeline.DeviceIterator:
+        """The training batches as jaxdl-train reads them, placed on the mesh ahead of the step (prefetch not started).
+
+        `worker_count` overrides config.dataset.worker_count (grain worker processes).
+        """
+        dataset = self.config.dataset
+        loader = pipeline.train_loader(
+            self.splits,
+            global_batch_size=self.config.training.batch_size,
+            seed=self.config.seed,
+            worker_count=dataset.worker_count if worker_count is None else worker_count,
+        )
+        return pipeline.DeviceIterator(loader, self.strategy.place_batch, prefetch=dataset.prefetch_batches)
+
     def eval_batches(self, split: str):
         """Fixed-size masked batches of one split."""
         return pipeline.eval_batches(

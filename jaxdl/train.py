@@ -23,7 +23,6 @@ import optax
 
 from jaxdl import configuration, models, parallel, runlog
 from jaxdl.checkpoint import Checkpoints
-from jaxdl.data import pipeline
 from jaxdl.errors import NonFiniteLossError, WorkdirError
 from jaxdl.experiment import Experiment, num_train_steps
 from jaxdl.state import TrainState
@@ -131,7 +130,7 @@ class _Trainer:
         config, strategy = run.config, run.strategy
         self.run, self.config, self.training, self.workdir = run, config, config.training, workdir
         self.strategy, self.task, self.start_time = strategy, run.task, start_time
-        self.init_rng, self.dropout_rng = jax.random.split(jax.random.key(config.seed))
+        self.init_rng, self.dropout_rng = run.rngs()
         self.abstract = run.abstract_state(self.init_rng)
         self.tree = self.abstract.checkpoint_tree()
         self.checkpoints = Checkpoints(
@@ -141,13 +140,7 @@ class _Trainer:
             remove_unfinished=True,  # This process is the workdir's one writer.
         )
         stack.callback(self.checkpoints.close)
-        loader = pipeline.train_loader(
-            run.splits,
-            global_batch_size=self.training.batch_size,
-            seed=config.seed,
-            worker_count=config.dataset.worker_count,
-        )
-        self.data = pipeline.DeviceIterator(loader, strategy.place_batch, prefetch=config.dataset.prefetch_batches)
+        self.data = run.train_data()
         stack.callback(self.data.close)
         restored = self.checkpoints.restore_latest(self.tree, run.state_shardings(self.abstract), self.data)
         self.data.start_prefetch()

@@ -44,7 +44,7 @@ class _Iterator:
         self.position = json.loads(state)["position"]
 
     def start_prefetch(self) -> None:
-        pass
+        """Grain's restore calls this after set_state; a position has nothing to prefetch."""
 
 
 def _one_device_tree(tree):
