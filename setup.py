@@ -27,6 +27,8 @@ setup(
         # RandAugment's ops and jaxdl-predict's image files (also a dependency of matplotlib).
         "pillow>=10",
         "numpy>=1.26",
+        # Processes that share a data dir build each dataset once (a lock file beside it).
+        "filelock>=3.12",
         # Reads .safetensors state dicts for jaxdl.convert (no torch needed at run time).
         "safetensors>=0.4",
         # Ships the sunspots and co2 series of the forecasting datasets.
@@ -38,26 +40,29 @@ setup(
         # torch/torchvision are the independent references of the weight-import tests,
         # pinned to the CPU-usable builds this project is tested with.
         # segmentation-models-pytorch is the U-Net reference (built offline with encoder_weights=None);
-        # ultralytics the YOLOv8/YOLO11 and loss reference (YOLO_OFFLINE=1); pycocotools the mAP reference.
+        # ultralytics the YOLOv8/YOLO11 and loss reference (YOLO_OFFLINE=1); pycocotools the mAP reference,
+        # faster-coco-eval a second one.
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",
-            # Lets xdist workers share one run of an end-to-end fixture (tests/helpers.shared_run).
-            "filelock>=3.12",
             "torch==2.14.1",
             "torchvision==0.29.1",
             "segmentation-models-pytorch==0.6.0",
             "ultralytics==8.4.190",
             "pycocotools==2.0.11",
+            "faster-coco-eval==1.8.0",
         ],
     },
     entry_points={
         "console_scripts": [
             "jaxdl-train=jaxdl.main:train_cli",
             "jaxdl-eval=jaxdl.main:eval_cli",
-            "jaxdl-segment=jaxdl.segment:segment_cli",
+            "jaxdl-wordseg=jaxdl.wordseg:wordseg_cli",
+            "jaxdl-segment=jaxdl.wordseg:segment_cli",  # The old name of jaxdl-wordseg, for one release.
             "jaxdl-predict=jaxdl.predict:predict_cli",
             "jaxdl-bench=jaxdl.bench:main",
+            "jaxdl-repro=jaxdl.repro:repro_cli",
+            "jaxdl-sweep=jaxdl.sweeps.cli:sweep_cli",
         ],
     },
 )

@@ -5,6 +5,8 @@ Each key is documented where it is set. Launch an experiment with
 any key with `--config.<key>=<value>`.
 """
 
+import os
+
 import ml_collections
 
 
@@ -12,6 +14,11 @@ def get_config() -> ml_collections.ConfigDict:
     """Returns the base config; not an experiment of its own."""
     config = ml_collections.ConfigDict()
     config.seed = 0  # Seeds init, dropout and the data order: same seed, same numbers.
+    # JAX's persistent compilation cache: a later run of the same config loads its
+    # compiled steps instead of compiling them. Default $JAXDL_COMPILATION_CACHE_DIR,
+    # else ~/.cache/jaxdl/compilation; "" switches it off. Anyone who can write to it
+    # can change what runs: keep it private (see jaxdl.compile_cache).
+    config.compilation_cache_dir = os.environ.get("JAXDL_COMPILATION_CACHE_DIR", "~/.cache/jaxdl/compilation")
     # Compute dtype of the model: float32 | bfloat16 (mixed precision: params,
     # optimizer state and the loss stay float32).
     config.dtype = "float32"
@@ -45,9 +52,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.aux_loss_weight = 0.3
 
     config.task = ml_collections.ConfigDict()
-    # classification | regression | forecasting (time series) | tagging | segmentation
+    # A name from jaxdl.tasks.list_tasks(): classification | regression | forecasting (time
+    # series) | tagging (a label per position) | segmentation (a class per pixel) | detection.
     config.task.name = "classification"
-    config.task.num_classes = 10  # Classification only; 2 means one logit, sigmoid loss.
+    # Classes (tags) of classification, tagging, segmentation and detection; a classifier
+    # of 2 classes has one logit and a sigmoid loss.
+    config.task.num_classes = 10
     config.task.num_targets = 1  # Regression only.
     config.task.label_smoothing = 0.0  # Classification training loss only; eval loss is plain.
     # Forecasting only: the model predicts the change from the window's last value (y = x_T + output).
@@ -75,8 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.input_key = "image"
     config.dataset.target_key = "label"
     # What the target is: label (a class id or values per example) | mask (a class
-    # id per pixel, [H, W]) | sequence (a tag per position). Transforms move masks
-    # with their images (nearest-neighbour), labels and sequences never.
+    # id per pixel, [H, W]) | sequence (a tag per position) | objects (below); each
+    # is a class in jaxdl/data/targets.py. Transforms move masks with their images
+    # (nearest-neighbour), labels and sequences never.
     config.dataset.target_kind = "label"
     # Further record features carried into batches under their own names, e.g.
     # ("boxes", "box_classes", "box_valid"): boxes move with their images.
@@ -85,11 +96,14 @@ def get_config() -> ml_collections.ConfigDict:
     # target_kind "objects" (detection; see jaxdl.data.objects): target_key names the
     # objects' class ids, boxes_key their boxes (box_format "xyxy" pixels, or "tfds":
     # normalised ymin, xmin, ymax, xmax), box_valid_key marks real ones among padded
-    # slots, box_ignore_key flags objects to leave out (e.g. objects/is_crowd).
-    # Batches hold max_boxes slots; box_class_offset is subtracted from the ids.
+    # slots, box_crowd_key flags crowd regions (e.g. objects/is_crowd: kept, out of
+    # the loss, COCO's ignore regions in evaluation), box_area_key names each
+    # object's annotated area (e.g. objects/area; COCO's size ranges read it,
+    # default w*h). Batches hold max_boxes slots; box_class_offset is subtracted from the ids.
     config.dataset.boxes_key = ""
     config.dataset.box_valid_key = ""
-    config.dataset.box_ignore_key = ""
+    config.dataset.box_crowd_key = ""
+    config.dataset.box_area_key = ""
     config.dataset.box_format = "xyxy"
     config.dataset.max_boxes = 100
     config.dataset.box_class_offset = 0
@@ -160,7 +174,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.training.async_checkpoints = False
     config.training.early_stopping_patience = 0  # Evaluations without improvement; 0: off.
     # The validation metric that picks the best checkpoint (and drives early stopping),
-    # e.g. "val/accuracy"; empty: the task's choice (val/loss for every current task).
+    # e.g. "val/accuracy"; empty: the task's choice (val/loss; val/miou for segmentation,
+    # val/map50_95 for detection).
     # Its direction (higher or lower is better) comes from the task.
     config.training.best_metric = ""
     config.training.progress_bar = True

@@ -10,9 +10,12 @@ dfl 1.5, letterboxed 640 px images, mosaic 1.0 and horizontal flips 0.5, NMS
 at IoU 0.7 keeping 300 detections of score >= 0.001 for validation. The
 nominal batch 64 of ultralytics is the global batch here (no accumulation).
 Differences, said so that results are read right: the decay is a cosine, not
-ultralytics' linear one; no HSV jitter, random affine or `close_mosaic`; crowd
-annotations are left out of training and evaluation (pycocotools would treat
-them as ignore regions); tfds numbers the 80 classes 0..79.
+ultralytics' linear one; no HSV jitter, random affine or `close_mosaic`; tfds
+numbers the 80 classes 0..79. Crowd annotations are kept: out of the loss (as
+ultralytics leaves them out of its labels), ignore regions in the evaluation,
+whose small / medium / large ranges read the annotations' areas as
+pycocotools does (scaled by the letterbox; for the numbers on the original
+images, score `jaxdl-eval --predictions=FILE`'s file with pycocotools).
 """
 
 import ml_collections
@@ -32,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.target_kind = "objects"
     config.dataset.boxes_key = "objects/bbox"
     config.dataset.box_format = "tfds"
-    config.dataset.box_ignore_key = "objects/is_crowd"
+    config.dataset.box_crowd_key = "objects/is_crowd"
+    config.dataset.box_area_key = "objects/area"
     config.dataset.max_boxes = 100
     config.dataset.cache_in_memory = False
     config.dataset.worker_count = 8

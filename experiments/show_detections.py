@@ -24,9 +24,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxdl import checkpoint, configuration, predict  # noqa: E402
-from jaxdl.experiment import Experiment  # noqa: E402
-from jaxdl.tasks.detection import Outputs  # noqa: E402
+from jaxdl import display  # noqa: E402
+from jaxdl.errors import UserError  # noqa: E402
+from jaxdl.tasks import Detection  # noqa: E402
+from jaxdl.trained import TrainedRun  # noqa: E402
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -39,16 +40,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def show(workdir: Path, num: int, score: float, out: Path) -> Path:
     """Writes the grid of `num` test images of `workdir` to `out`; returns `out`."""
-    config = configuration.read_config(workdir / "config.json")
-    if config.task.name != "detection":
-        raise SystemExit(f"{workdir} was trained for task '{config.task.name}', not 'detection'")
-    config.parallel.num_devices = 1
-    run = Experiment(config, for_training=False)
-    variables, step = checkpoint.restore_variables(workdir)
+    run = TrainedRun.open(workdir, task_type=Detection)
     panels = []
-    for batch in run.eval_batches(config.dataset.test_split):
-        raw = run.model.apply(variables, batch["input"], train=False)
-        found = run.task.detections(Outputs(raw, tuple(batch["input"].shape[1:3])))
+    for batch in run.eval_batches():
+        found = run.task.detections(run.task.transform_outputs(run.outputs(batch["input"]), batch["input"]))
         found = {k: np.asarray(v) for k, v in found.items()}
         for i in np.flatnonzero(batch["mask"]):
             valid = np.asarray(batch["box_valid"][i]) > 0
@@ -65,23 +60,23 @@ def show(workdir: Path, num: int, score: float, out: Path) -> Path:
     panels = panels[:num]
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
-    colours = predict._palette(run.task.num_classes + 1)[1:] / 255
+    colours = display.palette(run.task.num_classes + 1)[1:] / 255
     figure, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (image, (true_boxes, true_classes), (boxes, classes, scores)) in zip(axes.ravel(), panels, strict=False):
-        ax.imshow(predict.display_image(image), interpolation="nearest")
+        ax.imshow(display.display_image(image), interpolation="nearest")
         for x0, y0, x1, y1 in true_boxes:
             ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", ls="--", lw=1))
         for (x0, y0, x1, y1), c, s in zip(boxes, classes, scores, strict=True):
             ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colours[c], lw=1.5))
-            ax.text(x0, y0, f"{c} {s:.2f}", color=colours[c], fontsize=6, va="bottom")
+            ax.text(x0, y0, f"{display.label(c, run.class_names)} {s:.2f}", color=colours[c], fontsize=6, va="bottom")
         hits = 0
         if len(true_boxes) and len(boxes):
             same = true_classes[:, None] == classes[None, :]
             hits = int(np.sum(np.any((_iou(true_boxes, boxes) >= 0.5) & same, axis=1)))
         ax.set_title(f"{len(true_boxes)} objects, {len(boxes)} found, {hits} hit", fontsize=8)
-    figure.suptitle(f"{workdir.name}: {config.model.name}, step {step}, score >= {score}", fontsize=9)
+    figure.suptitle(f"{workdir.name}: {run.config.model.name}, step {run.step}, score >= {score}", fontsize=9)
     figure.tight_layout()
     figure.savefig(out, dpi=100)
     plt.close(figure)
@@ -95,7 +90,10 @@ def main(argv=None) -> None:
     parser.add_argument("--score", type=float, default=0.25, help="lowest score of a drawn detection")
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default WORKDIR/detections.png)")
     args = parser.parse_args(argv)
-    print(show(args.workdir, args.num, args.score, args.out or args.workdir / "detections.png"))
+    try:
+        print(show(args.workdir, args.num, args.score, args.out or args.workdir / "detections.png"))
+    except UserError as error:
+        raise SystemExit(f"show_detections.py: error: {error}") from None
 
 
 if __name__ == "__main__":

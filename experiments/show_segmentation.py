@@ -22,27 +22,24 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxdl import checkpoint, configuration, predict  # noqa: E402
-from jaxdl.experiment import Experiment  # noqa: E402
+from jaxdl import display  # noqa: E402
+from jaxdl.errors import UserError  # noqa: E402
+from jaxdl.tasks import Segmentation  # noqa: E402
+from jaxdl.trained import TrainedRun  # noqa: E402
 
 
 def _colour(mask: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
-    colours = predict._palette(num_classes)[np.where(mask == ignore_index, 0, mask)]
+    colours = display.palette(num_classes)[np.where(mask == ignore_index, 0, mask)]
     colours[mask == ignore_index] = 255
     return colours
 
 
 def show(workdir: Path, num: int, out: Path) -> Path:
     """Writes the grid of `num` test images of `workdir` to `out`; returns `out`."""
-    config = configuration.read_config(workdir / "config.json")
-    if config.task.name != "segmentation":
-        raise SystemExit(f"{workdir} was trained for task '{config.task.name}', not 'segmentation'")
-    config.parallel.num_devices = 1
-    run = Experiment(config, for_training=False)
-    variables, step = checkpoint.restore_variables(workdir)
+    run = TrainedRun.open(workdir, task_type=Segmentation)
     rows = []
-    for batch in run.eval_batches(config.dataset.test_split):
-        logits = np.asarray(run.model.apply(variables, batch["input"], train=False))
+    for batch in run.eval_batches():
+        logits = np.asarray(run.outputs(batch["input"]))
         for i in np.flatnonzero(batch["mask"]):
             rows.append((batch["input"][i], np.asarray(batch["target"][i]), np.argmax(logits[i], axis=-1)))
         if len(rows) >= num:
@@ -53,13 +50,13 @@ def show(workdir: Path, num: int, out: Path) -> Path:
     for r, (image, truth, predicted) in enumerate(rows):
         labelled = truth != ignore
         accuracy = float(np.mean(predicted[labelled] == truth[labelled])) if labelled.any() else float("nan")
-        panels = [(predict.display_image(image), "image"), (_colour(truth, k, ignore), "truth")]
+        panels = [(display.display_image(image), "image"), (_colour(truth, k, ignore), "truth")]
         panels.append((_colour(predicted, k, ignore), f"prediction ({accuracy:.1%})"))
         for c, (panel, title) in enumerate(panels):
             axes[r, c].imshow(panel, interpolation="nearest")
             axes[r, c].set_title(title, fontsize=8)
             axes[r, c].axis("off")
-    figure.suptitle(f"{workdir.name}: {config.model.name}, step {step}", fontsize=9)
+    figure.suptitle(f"{workdir.name}: {run.config.model.name}, step {run.step}", fontsize=9)
     figure.tight_layout()
     figure.savefig(out, dpi=100)
     plt.close(figure)
@@ -72,7 +69,10 @@ def main(argv=None) -> None:
     parser.add_argument("--num", type=int, default=8, help="test images shown")
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default WORKDIR/segmentation.png)")
     args = parser.parse_args(argv)
-    print(show(args.workdir, args.num, args.out or args.workdir / "segmentation.png"))
+    try:
+        print(show(args.workdir, args.num, args.out or args.workdir / "segmentation.png"))
+    except UserError as error:
+        raise SystemExit(f"show_segmentation.py: error: {error}") from None
 
 
 if __name__ == "__main__":

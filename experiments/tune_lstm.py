@@ -1,8 +1,10 @@
-"""The course's LSTM tuning study: a grid over epochs, learning rate, hidden units and layers.
+"""The course's LSTM tuning study: the sweep sweeps/tune_lstm.py, with the course's table and loss curves.
 
-Every setting of the grid is trained as its own workdir (OUT/<setting>) with
-jaxdl.train.train_and_evaluate, from a forecasting config (default
-configs/sunspots_lstm.py). The study writes
+The grid (epochs x learning rate x hidden units x layers) is the sweep file's
+`get_sweep()`, called with this script's lists; every setting trains as a trial
+of a jaxdl sweep (OUT/<its overrides>, recorded in OUT/sweep.json), one after the
+other in this process, from a forecasting config (default configs/sunspots_lstm.py).
+The study writes
 
 - OUT/summary.md: one table row per setting (best validation loss, test RMSE of
   the best-validation checkpoint, RMSE of the AR(p = lookback) baseline on the
@@ -10,8 +12,8 @@ configs/sunspots_lstm.py). The study writes
 - OUT/curves.png: train and validation loss (scaled MSE) against epochs, one panel
   per setting, the best validation point starred.
 
-A setting whose workdir already holds results of the same config is not trained
-again, so an interrupted study resumes where it stopped.
+A finished setting is not trained again and a killed one resumes, as in any
+sweep; `jaxdl-sweep --workdir=OUT --report` tabulates the same trials.
 
   python experiments/tune_lstm.py --out runs/tune_lstm
   python experiments/tune_lstm.py --epochs 30 60 --learning-rates 0.01 --hidden-sizes 16 32 64 --num-layers 1
@@ -21,7 +23,7 @@ again, so an interrupted study resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import itertools
+import importlib.util
 import json
 import logging
 import math
@@ -41,44 +43,29 @@ except ImportError:
     # Run as `python experiments/tune_lstm.py` from a checkout that is not pip-installed.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from jaxdl import configuration
+from jaxdl.errors import UserError  # noqa: E402
 from jaxdl.runlog import read_metrics  # noqa: E402
+from jaxdl.sweeps import local  # noqa: E402
+from jaxdl.sweeps.trials import Sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+SWEEP_FILE = ROOT / "sweeps" / "tune_lstm.py"
+# The sweep file's keys, in the order of setting_name's arguments.
+GRID_KEYS = ("training.num_epochs", "optimizer.learning_rate", "model.kwargs.hidden_size", "model.kwargs.num_layers")
 PANEL_WIDTH_IN, PANEL_HEIGHT_IN, MAX_COLUMNS, DPI = 4.2, 3.0, 4, 100
 
 
 def setting_name(epochs: float, learning_rate: float, hidden_size: int, num_layers: int) -> str:
-    """The workdir name and table label of one grid point."""
+    """The table label of one grid point (its workdir is named by the sweep, after its overrides)."""
     return f"ep{epochs:g}_lr{learning_rate:g}_h{hidden_size}_l{num_layers}"
 
 
-def setting_config(base: str, overrides: Sequence[str], epochs, learning_rate, hidden_size, num_layers):
-    """The config of one grid point: the base config, --set overrides, then the grid values."""
-    config = configuration.load_config(base)
-    config.training.progress_bar = False
-    configuration.apply_overrides(config, overrides)
-    if config.task.name != "forecasting":
-        raise configuration.ConfigError(f"{base} is a '{config.task.name}' config; the study needs forecasting")
-    configuration.apply_overrides(
-        config,
-        [f"training.num_epochs={epochs}", f"optimizer.learning_rate={learning_rate}", "training.num_steps=0"],
-    )
-    with config.model.kwargs.unlocked():
-        config.model.kwargs.hidden_size = hidden_size
-        config.model.kwargs.num_layers = num_layers
-    return config
-
-
-def run_setting(config, workdir: Path) -> dict:
-    """Trains one setting (or reuses its finished results) and returns results.json's content."""
-    from jaxdl import train  # Imported late: --help needs no JAX start-up.
-
-    done = workdir / "results.json"
-    if done.is_file():
-        results = json.loads(done.read_text())
-        if results.get("config_hash") == configuration.config_hash(config):
-            return results
-    return train.train_and_evaluate(config, workdir)
+def grid(epochs, learning_rates, hidden_sizes, num_layers) -> list[dict]:
+    """The trials of sweeps/tune_lstm.py for these lists."""
+    spec = importlib.util.spec_from_file_location("_tune_lstm_sweep", SWEEP_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_sweep(epochs, learning_rates, hidden_sizes, num_layers)
 
 
 def steps_per_epoch(config) -> float:
@@ -157,7 +144,7 @@ def plot_losses(rows: list[dict], out: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the grid; returns the process exit code."""
+    """Runs the grid as a sweep; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "sunspots_lstm.py"), help="forecasting config")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "tune_lstm", help="study folder")
@@ -169,19 +156,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    grid = list(itertools.product(args.epochs, args.learning_rates, args.hidden_sizes, args.num_layers))
     rows = []
     try:
-        for number, point in enumerate(grid, start=1):
-            name = setting_name(*point)
-            config = setting_config(args.config, args.set, *point)
-            print(f"[{number}/{len(grid)}] {name}", file=sys.stderr, flush=True)
-            results = run_setting(config, args.out / name)
+        trials = grid(args.epochs, args.learning_rates, args.hidden_sizes, args.num_layers)
+        sweep = Sweep.prepare(args.out, args.config, SWEEP_FILE, ["training.progress_bar=false", *args.set], trials)
+        config = sweep.trial_config(sweep.trials[0])
+        if config.task.name != "forecasting":
+            raise configuration.ConfigError(
+                f"{args.config} is a '{config.task.name}' config; the study needs forecasting"
+            )
+        local.run_in_process(sweep, sweep.trials)
+        for trial in sweep.trials:
+            results = json.loads((sweep.trial_dir(trial) / "results.json").read_text())
+            point = [trial.overrides[key] for key in GRID_KEYS]
             epochs, learning_rate, hidden_size, num_layers = point
             rows.append(
                 {
-                    "name": name,
-                    "workdir": args.out / name,
+                    "name": setting_name(*point),
+                    "workdir": sweep.trial_dir(trial),
                     "epochs": epochs,
                     "learning_rate": learning_rate,
                     "hidden_size": hidden_size,
@@ -190,12 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "best_step": results["best_step"],
                     "test_rmse": results["test"]["rmse"],
                     "ar_rmse": results["baseline"]["rmse"],
-                    "steps_per_epoch": steps_per_epoch(config),
+                    "steps_per_epoch": steps_per_epoch(sweep.trial_config(trial)),
                 }
             )
-    except configuration.ConfigError as error:
-        print(f"tune_lstm.py: error: {error}", file=sys.stderr)
-        return 2
+    except UserError as error:
+        print(f"tune_lstm.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code
     table = summary_table(rows)
     (args.out / "summary.md").write_text(table)
     png = plot_losses(rows, args.out / "curves.png")

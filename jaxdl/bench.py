@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from jaxdl import configuration, runlog
+from jaxdl.cli import report
 from jaxdl.errors import ConfigError, UserError
 from jaxdl.experiment import Experiment
 
@@ -374,9 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=progress,
             )
     except UserError as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        return error.exit_code
+        return report(parser.prog, error)
     results.update(config=args.config, mock_data=args.mock_data, overrides=overrides)
     print(format_report(results))
     if args.json:

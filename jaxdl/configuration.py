@@ -2,22 +2,27 @@
 
 Checking what the keys mean is left to the builders that use them (task,
 optimizer, data, model, mesh; see jaxdl.experiment), each raising a one-line
-ConfigError that names its key.
+ConfigError that names its key. Overrides may only set keys the config has,
+except in `model.kwargs`, which takes any hyperparameter field of the model
+`model.name` names, parsed by the field's type annotation.
 """
 
 from __future__ import annotations
 
 import ast
+import collections.abc
 import hashlib
 import importlib.util
 import json
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 
-from jaxdl.errors import ConfigError, WorkdirError, first_line
+from jaxdl.errors import ConfigError, WorkdirError, check_choice, first_line
 
 __all__ = ["ConfigError", "apply_overrides", "config_hash", "load_config", "read_config", "save_config"]
 
@@ -84,14 +89,78 @@ def _parse_value(key: str, text: str, current):
     raise ConfigError(f"config.{key} of type {type(current).__name__} cannot be set from the command line")
 
 
+# Model fields a run sets from other keys, never from model.kwargs (jaxdl.experiment.build_model).
+MODEL_FIELDS_SET_ELSEWHERE = {
+    "num_outputs": "is set by the task; remove it",
+    "remat": "is set from config.remat; set that instead",
+    "dtype": "is set from config.dtype; set that instead",
+}
+
+
+def _parse_typed(key: str, text: str, annotation) -> object:
+    """Parses `text` as a value of type `annotation` (int, float, bool, str, tuples, X | None), else as a literal."""
+    options = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if type(None) in options and text.strip() in ("None", "none"):
+            return None
+        options = [option for option in options if option is not type(None)]
+        return _parse_typed(key, text, options[0]) if len(options) == 1 else _parse_typed(key, text, typing.Any)
+    origin = typing.get_origin(annotation) or annotation
+    samples = {bool: False, int: 0, float: 0.0, str: ""}
+    if origin in samples:
+        return _parse_value(key, text, samples[origin])
+    if origin in (tuple, list, collections.abc.Sequence):
+        return _parse_value(key, text, ())
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # An unquoted word for a field of no declared type, e.g. a name.
+
+
+def _set_model_field(config: ml_collections.ConfigDict, field: str, text: str) -> None:
+    """Sets model.kwargs.<field>, checked against the fields of the model config.model.name names."""
+    from jaxdl import models  # Late: JAX and the model families load only for an override that needs them.
+
+    name = config.model.name
+    check_choice("model.name", name, models.list_models())
+    if field in MODEL_FIELDS_SET_ELSEWHERE:
+        raise ConfigError(f"config.model.kwargs.{field} {MODEL_FIELDS_SET_ELSEWHERE[field]}")
+    fields = models.model_field_types(name)
+    if field not in fields:
+        valid = ", ".join(f for f in fields if f not in MODEL_FIELDS_SET_ELSEWHERE)
+        raise ConfigError(f"unknown config key 'model.kwargs.{field}'; fields of model '{name}': {valid}")
+    value = _parse_typed(f"model.kwargs.{field}", text, fields[field])
+    kwargs = config.model.kwargs
+    with kwargs.unlocked(), kwargs.ignore_type():
+        if field in kwargs:
+            del kwargs[field]  # A new value may change its type (a dict for None, None for a number).
+        kwargs[field] = value
+
+
+def _sets_model_kwargs(item: str) -> bool:
+    return item.split("=", 1)[0].startswith(("model.kwargs.", "model.kwargs="))
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-    """Applies `a.b=value` overrides in place; unknown keys and bad types raise."""
-    for item in overrides:
+    """Applies `a.b=value` overrides in place; unknown keys and bad types raise.
+
+    `model.kwargs` overrides are applied last, in their order, so that they are
+    checked against the model the command line finally names.
+    """
+    ordered = [item for item in overrides if not _sets_model_kwargs(item)]
+    ordered += [item for item in overrides if _sets_model_kwargs(item)]
+    for item in ordered:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like --config.key=value")
         key, text = item.split("=", 1)
         node = config
         parts = key.split(".")
+        model = config.get("model")
+        kwargs = model.get("kwargs") if isinstance(model, ml_collections.ConfigDict) else None
+        if len(parts) == 3 and parts[:2] == ["model", "kwargs"] and isinstance(kwargs, ml_collections.ConfigDict):
+            # Any field of the model, set in the config or left at the model's default.
+            _set_model_field(config, parts[2], text)
+            continue
         for depth, part in enumerate(parts):
             where = ".".join(parts[:depth]) or "config"
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
@@ -137,8 +206,11 @@ ADDED_LATER = {
     "mesh.fsdp": 1,
     "mesh.fsdp_min_size": 0,
     "dataset.repeated_augmentations": 1,
+    "dataset.box_crowd_key": "",
+    "dataset.box_area_key": "",
     "training.async_checkpoints": False,
     "profile_steps": (),
+    "compilation_cache_dir": "",
 }
 
 
@@ -169,6 +241,11 @@ def read_config(path: Path) -> ml_collections.ConfigDict:
         return node
 
     config = tuples(data)
+    dataset = config.get("dataset")
+    if isinstance(dataset, dict) and "box_ignore_key" in dataset:
+        # Renamed: the flagged objects (COCO's crowds) are now kept as crowds, not dropped; without this an
+        # older run's crowds would be read as objects.
+        dataset.setdefault("box_crowd_key", dataset.pop("box_ignore_key"))
     for dotted, value in ADDED_LATER.items():  # Keys a config saved by an older jaxdl lacks.
         *parents, leaf = dotted.split(".")
         node = config

@@ -70,7 +70,7 @@ def check_regex(key: str, value: str) -> re.Pattern | None:
         raise ConfigError(f"config.{key}='{value}' is not a valid regex: {error}") from None
 
 
-def first_line(error: BaseException) -> str:
-    """An exception's first message line, or its type name when it has no message."""
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """An exception's first message line (at most `limit` characters), or its type name when it has no message."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return text.splitlines()[0][:limit] if text else type(error).__name__

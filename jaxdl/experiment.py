@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import models, optim, parallel, steps, tasks
-from jaxdl.data import pipeline
+from jaxdl import compile_cache, models, optim, parallel, steps, tasks
+from jaxdl.data import pipeline, transforms
 from jaxdl.errors import ConfigError, check_at_least, check_choice, check_regex, first_line
 from jaxdl.models.layers import REMAT_POLICIES
 from jaxdl.state import TrainState
@@ -68,21 +68,22 @@ def build_model(config: ml_collections.ConfigDict, task: tasks.Task):
                 "which computes in float32 only"
             )
         kwargs["dtype"] = config.dtype
-    required = task.model_output
-    if required is not None:
-        declared = getattr(models.model_class(config.model.name), "detection_head", None)
-        if declared != required:
-            raise ConfigError(
-                f"config.model.name='{config.model.name}' does not give the '{required}' outputs that "
-                f"config.task.head='{required}' decodes (its outputs: {declared or 'not a detector'})"
-            )
     try:
-        return models.create_model(config.model.name, **kwargs)
+        model = models.create_model(config.model.name, **kwargs)
+        # A detector's head checks its geometry (reg_max, strides, boxes per cell) as it is made.
+        head = model.detection_head() if hasattr(model, "detection_head") else None
     except (TypeError, ValueError) as error:
         message = first_line(error)
         # A family's hyperparameter check names its field first ("dropout_rate=1.5 is not valid ...").
         joint = "." if re.match(r"\w+=", message) else ": "
         raise ConfigError(f"config.model.kwargs{joint}{message}") from None
+    required = task.model_output
+    if required is not None and getattr(head, "name", None) != required:
+        raise ConfigError(
+            f"config.model.name='{config.model.name}' does not give the '{required}' outputs that "
+            f"config.task.head='{required}' decodes (its outputs: {head.name if head else 'not a detector'})"
+        )
+    return model
 
 
 def init_key(key: jax.Array) -> jax.Array:
@@ -145,6 +146,8 @@ class Experiment:
 
     def __init__(self, config: ml_collections.ConfigDict, *, for_training: bool = True):
         training = config.training
+        # Before anything compiles: every step of the run can come from the cache.
+        compile_cache.configure(config.compilation_cache_dir)
         parallel.initialize_distributed(config.parallel)
         self.config = config
         self.mesh = parallel.build_mesh(config.parallel, training.batch_size, config.mesh)
@@ -155,16 +158,53 @@ class Experiment:
         self.task = tasks.build_task(config)
         self.options = steps.StepOptions.from_config(config, self.task)
         self.model = build_model(config, self.task)
+        self.task = self.task.for_model(self.model)
+        self._check_input_sizes()
         _check_training(training)
         self.best_metric = best_metric(config, self.task)
-        # Mask ids are checked against the task's classes as batches are read.
-        num_classes = config.task.num_classes if config.dataset.target_kind in ("mask", "objects") else None
-        self.splits = pipeline.Splits(config.dataset, batch_size=training.batch_size, num_classes=num_classes)
+        # A target kind with class ids (masks, objects) checks them against the task's classes as batches are read.
+        self.splits = pipeline.Splits(
+            config.dataset, batch_size=training.batch_size, num_classes=config.task.num_classes
+        )
         num_examples = len(self.splits.source(config.dataset.train_split))
+        self._check_input_sizes(self.splits)
         self.total_steps = training.num_steps or num_train_steps(num_examples, training.batch_size, training.num_epochs)
         self.accum = config.optimizer.grad_accum_steps
         self.tx, self.schedule = optim.build_optimizer(config, math.ceil(self.total_steps / max(self.accum, 1)))
         self.pretrained = self._load_init_from() if for_training and config.init_from else None
+
+    def _check_input_sizes(self, splits: pipeline.Splits | None = None) -> None:
+        """Refuses, before anything is traced, an input size the model cannot take (a detector's strides, U-Net pools).
+
+        A chain of transforms with a resize or letterbox fixes the size, checked
+        without `splits` before any record is read; a chain without one keeps the
+        records' own size, checked on the first training record with `splits`.
+        """
+        check = getattr(self.model, "check_input_size", None)
+        if check is None:
+            return
+        dataset = self.config.dataset
+        for key in ("train_transforms", "eval_transforms"):
+            try:
+                size = transforms.output_size(transforms.parse(dataset[key]))
+            except (TypeError, ValueError):  # A chain that does not parse or build: pipeline.Splits names it.
+                continue
+            if (size is None) != (splits is not None):
+                continue
+            made = f"config.dataset.{key}='{dataset[key]}' makes inputs of"
+            if size is None:
+                record = np.asarray(splits.source(dataset.train_split)[0][dataset.input_key])
+                if record.ndim != 3:
+                    continue
+                size = record.shape[:2]
+                made = f"config.dataset.{key} has no resize or letterbox, so the {dataset.name} images stay at"
+            try:
+                check(*size)
+            except ValueError as error:
+                raise ConfigError(
+                    f"{made} {size[0]}x{size[1]}, which config.model.name='{self.config.model.name}' cannot take: "
+                    f"{first_line(error)}"
+                ) from None
 
     def _load_init_from(self) -> dict:
         """config.init_from converted to this model's variables; any problem is a ConfigError."""

@@ -1,7 +1,7 @@
 """Command line: `jaxdl-train` (also `python -m jaxdl.main`) and `jaxdl-eval`.
 
   jaxdl-train --config=configs/digits_cnn.py --workdir=runs/digits [--config.key=value ...]
-  jaxdl-eval --workdir=runs/digits [--split=test]
+  jaxdl-eval --workdir=runs/digits [--split=test] [--predictions=FILE]
 
 Flags are parsed here and nothing else happens here. Every error a user can
 cause (a `jaxdl.errors.UserError`: config, file, workdir, data) is printed as one
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
 from jaxdl import configuration
+from jaxdl.cli import report, setup_logging
 from jaxdl.errors import UserError
 
 
@@ -29,14 +29,6 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="path of a config file defining get_config()")
     parser.add_argument("--workdir", required=True, help="where checkpoints, logs and results go")
     return parser
-
-
-def setup_logging() -> None:
-    """INFO logs of the run on stderr; the libraries' own chatter only from WARNING up."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    # Libraries' own INFO chatter (orbax, absl) would bury the run's output.
-    for name in ("absl", "orbax", "jax"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def train_cli(argv: Sequence[str] | None = None) -> int:
@@ -59,26 +51,28 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def report(prog: str, error: UserError) -> int:
-    """Prints a user error as one line on stderr; returns its exit code."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return error.exit_code
-
-
 def eval_cli(argv: Sequence[str] | None = None) -> int:
     """Entry point of jaxdl-eval: test metrics of a workdir's best checkpoint."""
     parser = argparse.ArgumentParser(prog="jaxdl-eval", description="Evaluate a jaxdl workdir's best checkpoint.")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--split", default=None, help="split to evaluate (default: the config's test split)")
+    parser.add_argument(
+        "--predictions",
+        default=None,
+        help="also write the split's predictions here: detection a COCO results JSON (+ .gt.json), "
+        "segmentation a folder of mask PNGs with iou.csv, classification a top-k CSV (+ .confusion.csv)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging()
-    from jaxdl import train
+    from jaxdl import provenance, train
 
     try:
-        metrics = train.evaluate_workdir(args.workdir, args.split)
+        metrics = train.evaluate_workdir(args.workdir, args.split, predictions=args.predictions)
     except UserError as error:
         return report(parser.prog, error)
+    # What differs from the environment the run was trained in, so a changed number can be traced to it.
+    for line in provenance.present_differences(args.workdir):
+        print(f"{parser.prog}: provenance: {line}", file=sys.stderr)
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import optax
 
-from jaxdl.errors import ConfigError, check_at_least, check_choice, check_regex
+from jaxdl.errors import ConfigError, check_at_least, check_choice, check_fraction, check_regex
 
 
 def path_name(path) -> str:
@@ -48,9 +48,11 @@ def build_schedule(config: ml_collections.ConfigDict, num_updates: int) -> optax
         raise ConfigError(
             f"config.schedule.decay_every={sched.decay_every} is not valid; it must be a fraction in (0, 1]"
         )
-    if sched.name == "step" and any(not 0 < b < 1 for b in sched.decay_boundaries):
+    # Checked whatever the schedule, as every key is: a value that no schedule could use is refused.
+    boundaries = tuple(sched.decay_boundaries)
+    if any(not 0 < b < 1 for b in boundaries) or any(b <= a for a, b in zip(boundaries, boundaries[1:], strict=False)):
         raise ConfigError(
-            f"config.schedule.decay_boundaries={sched.decay_boundaries} is not valid; each must be a fraction in (0, 1)"
+            f"config.schedule.decay_boundaries={boundaries} is not valid; give increasing fractions in (0, 1)"
         )
     warmup = min(sched.warmup_steps, max(num_updates - 1, 0))
     remaining = max(num_updates - warmup, 1)
@@ -84,6 +86,7 @@ def build_optimizer(
     for key in ("weight_decay", "grad_clip_norm"):
         check_at_least(f"optimizer.{key}", opt[key], 0)
     check_at_least("optimizer.grad_accum_steps", opt.grad_accum_steps, 1)
+    check_fraction("optimizer.momentum", opt.momentum)  # sgd's momentum, rmsprop's and nesterov's: in [0, 1).
     schedule = build_schedule(config, num_updates)
     if opt.name == "sgd":
         base = optax.sgd(schedule)

@@ -21,12 +21,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdl import configuration, models, parallel, runlog
+from jaxdl import compile_cache, configuration, models, provenance, runlog
 from jaxdl.checkpoint import Checkpoints
 from jaxdl.errors import NonFiniteLossError, WorkdirError
 from jaxdl.experiment import Experiment, num_train_steps
 from jaxdl.state import TrainState
 from jaxdl.steps import StepOptions, evaluate, make_eval_step, make_train_step
+from jaxdl.trained import INPUTS_FILENAME, TrainedRun
 
 __all__ = [
     "Experiment",
@@ -126,8 +127,16 @@ def _versions() -> dict:
 class _Trainer:
     """One invocation of the loop: restores or initialises, then steps, logs, evaluates, saves."""
 
-    def __init__(self, run: Experiment, workdir: Path, stack: contextlib.ExitStack, start_time: float):
+    def __init__(
+        self,
+        run: Experiment,
+        workdir: Path,
+        stack: contextlib.ExitStack,
+        start_time: float,
+        cache_stats: compile_cache.Stats,
+    ):
         config, strategy = run.config, run.strategy
+        self.cache_stats = cache_stats
         self.run, self.config, self.training, self.workdir = run, config, config.training, workdir
         self.strategy, self.task, self.start_time = strategy, run.task, start_time
         self.init_rng, self.dropout_rng = run.rngs()
@@ -277,6 +286,8 @@ class _Trainer:
             "num_params": models.count_params(self.abstract.params),
             "wall_time_s": time.time() - self.start_time,
             "time_to_first_step_s": self.time_to_first_step,
+            # This invocation's compiles: served from the persistent cache (hits) or compiled (misses).
+            "compilation_cache": self.cache_stats.read(),
             "config_hash": configuration.config_hash(config),
             "num_devices": self.run.mesh.size,
             "num_processes": jax.process_count(),
@@ -307,6 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
       `{"preempted": True, "step": step}`.
     """
     start_time = time.time()
+    cache_stats = compile_cache.Stats()
     workdir = _check_workdir(workdir)
     run = Experiment(config)
     runlog.profile_window(config.profile_steps, run.total_steps)  # A bad window stops the run before compiling.
@@ -316,9 +328,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         raise WorkdirError(f"--workdir '{workdir}' cannot be created: {error.strerror}") from None
     if run.chief:
         _save_config(config, workdir)
-        (workdir / "inputs.json").write_text(json.dumps(run.input_spec()) + "\n")  # For jaxdl-predict.
+        (workdir / INPUTS_FILENAME).write_text(json.dumps(run.input_spec()) + "\n")  # For jaxdl-predict.
     with contextlib.ExitStack() as stack:
-        trainer = _Trainer(run, workdir, stack, start_time)
+        trainer = _Trainer(run, workdir, stack, start_time, cache_stats)
+        if run.chief:  # After the restore, which tells a resume (checked against the record) from a start.
+            provenance.record_start(config, workdir, start_step=trainer.start_step, devices_used=run.mesh.size)
         preempted, stopped_early = trainer.train(hooks)
         if preempted:
             log.warning("SIGTERM: saved a checkpoint at step %d; run the same command again to resume", trainer.step)
@@ -351,17 +365,19 @@ def _save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     configuration.save_config(config, path)
 
 
-def evaluate_workdir(workdir: str | Path, split: str | None = None) -> dict:
-    """Metrics of a workdir's best checkpoint (else its latest) on `split` (default: test)."""
-    workdir = Path(workdir)
-    config = configuration.read_config(workdir / "config.json")
-    why = parallel.fit_mesh_for_evaluation(config)
-    if why:
-        log.warning("the run's mesh cannot be formed here (%s); evaluating data-parallel on this machine", why)
-    run = Experiment(config, for_training=False)
-    abstract = run.abstract_state(jax.random.key(config.seed))
-    with Checkpoints(workdir, keep=config.training.keep_checkpoints) as checkpoints:
-        tree, _, _ = checkpoints.restore_any(abstract.checkpoint_tree(), run.state_shardings(abstract))
-    split = split or config.dataset.test_split
-    run.splits.source(split, key="split")  # An unknown --split is a one-line error.
-    return run.evaluate(run.restored_state(abstract, tree), split)
+def evaluate_workdir(workdir: str | Path, split: str | None = None, predictions: str | Path | None = None) -> dict:
+    """Metrics of a workdir's best checkpoint (else its latest) on `split` (default: test).
+
+    With `predictions`, the split's predictions are also written there
+    (jaxdl.predictions); a path that cannot be written fails before evaluating.
+    """
+    run = TrainedRun.open(workdir)
+    writer = None
+    if predictions is not None:
+        from jaxdl.predictions import PredictionsWriter  # Only jaxdl-eval --predictions needs the writers.
+
+        writer = PredictionsWriter(run, predictions)
+    metrics = run.evaluate(split)
+    if writer is not None:
+        writer.write(split)
+    return metrics

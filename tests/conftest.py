@@ -1,6 +1,7 @@
 """Test setup: 8 simulated CPU devices, an isolated data dir, and small shared helpers."""
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,17 +13,28 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-"))
 
+# One test run's workers (pytest-xdist starts them from this process, with its
+# environment) share a fresh dir: jaxdl's datasets are built there once, under a
+# lock, and JAX's compilation cache lets a program compiled by one run, worker or
+# subprocess be loaded by the next.
+_OWN_SHARED_DIR = "JAXDL_TEST_SHARED_DIR" not in os.environ
+if _OWN_SHARED_DIR:
+    os.environ["JAXDL_TEST_SHARED_DIR"] = tempfile.mkdtemp(prefix="jaxdl-tests-")
+SHARED_DIR = Path(os.environ["JAXDL_TEST_SHARED_DIR"])
+os.environ["JAXDL_DATA_DIR"] = str(SHARED_DIR / "datasets")
+os.environ["JAXDL_COMPILATION_CACHE_DIR"] = str(SHARED_DIR / "compilation")
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import pytest  # noqa: E402
+
+def pytest_configure(config):
+    """Registers the markers that select parts of the suite (`pytest -m "not slow"` while working)."""
+    config.addinivalue_line("markers", "slow: an end-to-end training run or a test over 10 s on 2 cores")
+    config.addinivalue_line("markers", "reference: compares with an installed reference (torch, ultralytics, ...)")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _data_dir(tmp_path_factory):
-    """jaxdl's own datasets are built once per test process in its own temporary dir.
-
-    One dir per process: pytest-xdist workers would otherwise race to build the
-    same dataset.
-    """
-    os.environ["JAXDL_DATA_DIR"] = str(tmp_path_factory.mktemp("datasets"))
+def pytest_sessionfinish(session, exitstatus):
+    """The process that made the shared dir removes it when the run ends."""
+    if _OWN_SHARED_DIR and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(SHARED_DIR, ignore_errors=True)

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxdl import train
-from jaxdl.checkpoint import Checkpoints
+from jaxdl.checkpoint import Checkpoints, state_checksum
 from tests import helpers
 
 # A checkpoint every step, so a kill at a random moment often lands inside a save.
@@ -94,7 +94,7 @@ def test_async_save_holds_the_values_of_its_step_although_the_step_donates_them(
             tree = update(tree)
         jax.block_until_ready(tree)
         restored, meta = checkpoints.restore_latest(expected, shardings, _Iterator())
-    assert meta == {"step": 1}
+    assert meta == {"step": 1, "checksum": state_checksum(expected, _Iterator(1).get_state())}
     helpers.assert_trees_close(restored, expected, rtol=0, atol=0)
 
 
@@ -122,7 +122,7 @@ def test_a_save_killed_before_its_commit_is_never_restored(tmp_path, monkeypatch
     iterator = _Iterator()
     with Checkpoints(tmp_path) as reader:
         restored, meta = reader.restore_latest(tree, shardings, iterator)
-    assert meta == {"step": 1} and iterator.position == 1
+    assert meta["step"] == 1 and iterator.position == 1
     helpers.assert_trees_close(restored, tree, rtol=0, atol=0)
 
     release.set()
@@ -131,7 +131,7 @@ def test_a_save_killed_before_its_commit_is_never_restored(tmp_path, monkeypatch
     monkeypatch.undo()
     assert _unfinished(directory)  # What a killed save leaves behind...
     with Checkpoints(tmp_path, async_save=True, remove_unfinished=True) as resumed:
-        assert resumed.restore_latest(tree, shardings, _Iterator())[1] == {"step": 1}
+        assert resumed.restore_latest(tree, shardings, _Iterator())[1]["step"] == 1
         resumed.save_latest(3, tree, _Iterator(3), {"step": 3})
     assert not _unfinished(directory)  # ...the next writer deletes.
     assert sorted(p.name for p in directory.iterdir()) == ["1", "3"]

@@ -61,19 +61,34 @@ CASES = {
         ["--config.init_from={tmp}/unrelated.npz"],
         "config.init_from='{tmp}/unrelated.npz': no PyTorch converter for CNN",
     ),
+    "negative epochs": (
+        ["--config.training.num_epochs=-1"],
+        "config.training.num_epochs=-1.0 is not valid; it must be > 0",
+    ),
+    "decay boundaries not increasing": (
+        ["--config.schedule.decay_boundaries=(0.9,0.1)"],
+        "config.schedule.decay_boundaries=(0.9, 0.1) is not valid; give increasing fractions in (0, 1)",
+    ),
+    "momentum above 1": (
+        ["--config.optimizer.momentum=2"],
+        "config.optimizer.momentum=2.0 is not valid; it must be in [0, 1)",
+    ),
+    "horizon 0 on a classification config": (
+        ["--config.dataset.horizon=0"],
+        "config.dataset.horizon=0 is not valid; it must be >= 1",
+    ),
     "corrupt config.json in the workdir": (["--workdir={tmp}/corrupt"], "{tmp}/corrupt/config.json is not valid JSON"),
     "workdir that is a file": (["--workdir={tmp}/afile"], "--workdir '{tmp}/afile' is a file, not a directory"),
 }
 
 
 @pytest.fixture(scope="module")
-def prepared_data(tmp_path_factory):
-    """A data dir with digits built, so that no case prints the one-time build messages."""
+def prepared_data():
+    """The test run's data dir with digits built, so that no case prints the one-time build messages."""
     from jaxdl.data import datasets
 
-    directory = tmp_path_factory.mktemp("bad_input_data")
-    datasets.local_builder("digits", str(directory))
-    return directory
+    datasets.local_builder("digits")
+    return datasets.default_data_dir()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -100,3 +115,23 @@ def test_bad_input_is_one_line_and_no_traceback(case, tmp_path, prepared_data):
         0
     ]
     assert not (tmp_path / "run").exists()  # Stopped before anything was started.
+
+
+# Cases of detection configs: the last --config wins, and the input size is refused before any data is read.
+DETECTION_CASES = {
+    "letterbox size the detector's strides cannot divide": (
+        [
+            f"--config={helpers.ROOT / 'configs' / 'shapes_yolov8n.py'}",
+            "--config.dataset.train_transforms=letterbox(size=100)|rescale(scale=0.0039)",
+        ],
+        "config.dataset.train_transforms='letterbox(size=100)|rescale(scale=0.0039)' makes inputs of 100x100, "
+        "which config.model.name='yolov8n' cannot take: YOLOv8 needs an input height and width that are multiples "
+        "of 32",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DETECTION_CASES))
+def test_bad_detection_input_is_one_line_and_no_traceback(case, tmp_path, prepared_data, monkeypatch):
+    monkeypatch.setitem(CASES, case, DETECTION_CASES[case])
+    test_bad_input_is_one_line_and_no_traceback(case, tmp_path, prepared_data)

@@ -86,6 +86,47 @@ def test_overrides_are_typed():
     assert cfg.model.kwargs.to_dict() == {"features": (8,), "dropout_rate": 0.0}
 
 
+def test_model_kwargs_take_every_field_of_the_model_parsed_by_its_type():
+    """Fields shapes_yolov8n leaves at the model's defaults, as the README's fine-tuning advice sets them."""
+    cfg = helpers.config("shapes_yolov8n")
+    assert "class_channels" not in cfg.model.kwargs
+    configuration.apply_overrides(cfg, ["model.kwargs.class_channels=80", "model.kwargs.reg_max=8"])
+    assert cfg.model.kwargs.to_dict() == {"class_channels": 80, "reg_max": 8}
+    configuration.apply_overrides(cfg, ["model.kwargs.class_channels=None", "model.kwargs.width_multiple=1"])
+    assert cfg.model.kwargs.class_channels is None and cfg.model.kwargs.width_multiple == 1.0
+    assert isinstance(cfg.model.kwargs.width_multiple, float)  # By the field's annotation: float.
+    with pytest.raises(configuration.ConfigError, match=r"^config.model.kwargs.reg_max expects int, got '8.5'$"):
+        configuration.apply_overrides(cfg, ["model.kwargs.reg_max=8.5"])
+    with pytest.raises(configuration.ConfigError, match=r"^config.model.kwargs.class_channels expects int, got 'x'$"):
+        configuration.apply_overrides(cfg, ["model.kwargs.class_channels=x"])
+    # The kwargs are checked against the model the command line finally names, wherever model.name comes.
+    cfg = helpers.config("shapes_yolov8n")
+    overrides = ["model.kwargs.boxes_per_cell=3", "model.kwargs.grid_size=None", "model.name=yolov1_tiny"]
+    configuration.apply_overrides(cfg, [*overrides, "model.kwargs.backbone_kwargs={'width': 8}"])
+    assert cfg.model.kwargs.to_dict() == {"boxes_per_cell": 3, "grid_size": None, "backbone_kwargs": {"width": 8}}
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        (
+            "model.kwargs.bogus=1",
+            "unknown config key 'model.kwargs.bogus'; fields of model 'yolov8n': class_channels, depth_multiple, "
+            "image_size, max_channels, reg_max, width_multiple",
+        ),
+        ("model.kwargs.num_outputs=3", "config.model.kwargs.num_outputs is set by the task; remove it"),
+        ("model.kwargs.dtype=bfloat16", "config.model.kwargs.dtype is set from config.dtype; set that instead"),
+        ("optimizer.bogus=1", "unknown config key 'optimizer.bogus'; keys of optimizer: b1, b2, eps,"),
+        ("task.bogus=1", "unknown config key 'task.bogus'; keys of task: "),
+    ],
+)
+def test_unknown_model_fields_and_other_sections_stay_strict(override, expected):
+    cfg = helpers.config("shapes_yolov8n")
+    with pytest.raises(configuration.ConfigError) as error:
+        configuration.apply_overrides(cfg, [override])
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+
+
 def test_saved_config_round_trips_and_hash_is_stable(tmp_path):
     cfg = helpers.config("digits_cnn")
     configuration.save_config(cfg, tmp_path / "config.json")
@@ -149,3 +190,14 @@ def test_cli_trains_and_eval_cli_reports_the_same_test_metrics(tmp_path, capsys)
 def test_eval_cli_on_a_folder_that_is_no_workdir(tmp_path, capsys):
     assert main.eval_cli([f"--workdir={tmp_path}"]) == 2
     assert "holds no config.json" in capsys.readouterr().err
+
+
+def test_an_older_runs_box_ignore_key_is_read_as_its_crowd_key(tmp_path):
+    """Renamed when crowds became ignore regions: an older COCO run's crowds stay crowds, not objects."""
+    saved = json.loads(helpers.config("coco_yolov8n").to_json())
+    saved["dataset"]["box_ignore_key"] = saved["dataset"].pop("box_crowd_key")
+    del saved["dataset"]["box_area_key"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    dataset = configuration.read_config(tmp_path / "config.json").dataset
+    assert (dataset.box_crowd_key, dataset.box_area_key) == ("objects/is_crowd", "")
+    assert "box_ignore_key" not in dataset

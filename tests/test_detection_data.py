@@ -116,6 +116,65 @@ def test_mosaic_off_leaves_the_batch_as_it_was():
         np.testing.assert_array_equal(out[key], batch[key])
 
 
+def test_mosaic_partners_come_from_the_split_whatever_the_process_layout(data_dir, monkeypatch):
+    """Each of 2 simulated processes reads its half of the global batch: together they equal one process's batch;
+    the partners are records of the whole split (not only of the batch)."""
+    import jax
+
+    config = _objects_config(data_dir, train_transforms="mosaic(p=0.7)|random_flip()")
+    splits = pipeline.Splits(config, batch_size=8, num_classes=3)
+
+    def batches(index: int, count: int) -> list[dict]:
+        monkeypatch.setattr(jax, "process_index", lambda: index)
+        monkeypatch.setattr(jax, "process_count", lambda: count)
+        loader = iter(pipeline.train_loader(splits, global_batch_size=8, seed=3))
+        return [next(loader) for _ in range(3)]
+
+    whole, halves = batches(0, 1), [batches(i, 2) for i in range(2)]
+    for step, batch in enumerate(whole):
+        for key, value in batch.items():
+            np.testing.assert_array_equal(np.concatenate([h[step][key] for h in halves]), value, err_msg=key)
+    # The pipeline hands the mosaic a reader of the whole split, by record index, through the ops before it.
+    [op] = [op for op in splits.operations("train", train=True, global_batch=8) if isinstance(op, transforms.Mosaic)]
+    assert op.num_records == SIZES[0] and op.partners is not None
+    assert op.partners(np.array([5, 7]))["input"].shape == (2, 64, 64, 3)
+
+
+def test_crowd_flags_and_areas_move_with_their_boxes():
+    """A crop drops a box with its flags in its slot; a resize scales areas like w*h; mosaic gathers both."""
+    kinds = {
+        "input": transforms.IMAGE,
+        "target": transforms.BOX_CLASSES,
+        "boxes": transforms.BOXES,
+        "box_valid": transforms.BOX_VALID,
+        "box_crowd": transforms.BOX_CLASSES,
+        "box_area": transforms.BOX_AREA,
+    }
+    batch = {
+        "input": np.zeros((2, 32, 32, 3), np.uint8),
+        "target": np.array([[1, 2], [0, 1]], np.int32),
+        "boxes": np.array([[[1, 1, 9, 9], [20, 20, 30, 26]], [[2, 2, 6, 6], [0, 0, 0, 0]]], np.float32),
+        "box_valid": np.array([[1, 1], [1, 0]], np.uint8),
+        "box_crowd": np.array([[0, 1], [1, 0]], np.uint8),
+        "box_area": np.array([[50.0, 40.0], [12.0, 0.0]], np.float32),
+    }
+    [resize] = transforms.build(transforms.parse("resize(size=(16, 64))"), kinds=kinds)
+    out = resize.map(dict(batch))
+    np.testing.assert_allclose(out["box_area"], batch["box_area"] * 0.5 * 2)  # Scales (x 2, y 0.5).
+    np.testing.assert_array_equal(out["box_crowd"], batch["box_crowd"])
+    [crop] = transforms.build(transforms.parse("random_crop(padding=12)"), kinds=kinds)
+    out = crop.apply(dict(batch), np.array([[24, 24], [12, 12]]))  # Image 0 shifted by -12: box 0 leaves it.
+    np.testing.assert_array_equal(out["box_valid"], [[0, 1], [1, 0]])
+    np.testing.assert_array_equal(out["box_area"], batch["box_area"])  # A crop keeps an annotation's area.
+    [mosaic] = transforms.build(transforms.parse("mosaic(p=1.0)"), kinds=kinds)
+    out = mosaic.apply(dict(batch), np.array([[0.0, 0.5, 0.5, 0.5, 0.0, 0.0], [0.0, 0.5, 0.5, 0.5, 0.0, 0.0]]))
+    # Offset (0, 0): each output is its own image, whose boxes keep their flags and areas in their slots.
+    for key in ("box_crowd", "box_area", "target"):
+        np.testing.assert_array_equal(out[key], np.where(batch["box_valid"], batch[key], 0), err_msg=key)
+    with pytest.raises(ValueError, match=r"mosaic must come before the random transforms \(random_flip\)"):
+        transforms.build(transforms.parse("random_flip()|mosaic()"), kinds=kinds)
+
+
 # --- bad records ---------------------------------------------------------------------
 
 
@@ -196,6 +255,7 @@ def _tfds_records(n, seed, crowd=False, num_classes=5):
         objects_ = {"bbox": bbox, "label": rng.integers(0, num_classes, k)}
         if crowd:
             objects_["is_crowd"] = np.arange(k) == 1
+            objects_["area"] = rng.integers(1, 200, k)  # COCO's segment areas, in the image's pixels.
         records.append({"image": rng.integers(0, 255, (h, w, 3)).astype(np.uint8), "objects": objects_, "index": i})
     return records
 
@@ -206,7 +266,9 @@ def test_tfds_detection_datasets_read_through_the_same_path(name):
     cfg = helpers.config("coco_yolov8n")
     dataset = cfg.dataset
     dataset.name = name
-    dataset.box_ignore_key = "objects/is_crowd" if name.startswith("coco") else ""
+    coco = name.startswith("coco")
+    dataset.box_crowd_key = "objects/is_crowd" if coco else ""
+    dataset.box_area_key = "objects/area" if coco else ""
     dataset.max_boxes = 5
     dataset.train_transforms = dataset.eval_transforms = "letterbox(size=64)"
     with tfds.testing.mock_data(num_examples=12, as_data_source_fn=lambda self, split, **kw: records):
@@ -218,7 +280,7 @@ def test_tfds_detection_datasets_read_through_the_same_path(name):
         for b in range(4):
             record = records[start + b]
             h, w = record["image"].shape[:2]
-            keep = ~record["objects"].get("is_crowd", np.zeros(len(record["objects"]["label"]), bool))
+            keep = np.ones(len(record["objects"]["label"]), bool)  # Crowds are kept, flagged.
             ymin, xmin, ymax, xmax = record["objects"]["bbox"][keep].T
             s = min(64 / h, 64 / w)
             inner = np.round(np.array([h, w]) * s)
@@ -231,3 +293,23 @@ def test_tfds_detection_datasets_read_through_the_same_path(name):
             assert batch["box_valid"][b].sum() == n
             np.testing.assert_allclose(batch["boxes"][b, :n], expected, atol=1e-3)
             np.testing.assert_array_equal(batch["target"][b, :n], record["objects"]["label"][keep])
+            if coco:  # Crowd flags ride in their slots; areas scale with the letterbox, like w*h.
+                np.testing.assert_array_equal(batch["box_crowd"][b, :n], record["objects"]["is_crowd"])
+                np.testing.assert_allclose(batch["box_area"][b, :n], record["objects"]["area"] * sx * sy, rtol=1e-5)
+                assert not batch["box_crowd"][b, n:].any() and not batch["box_area"][b, n:].any()
+            else:
+                assert "box_crowd" not in batch and "box_area" not in batch
+
+
+def test_an_area_per_box_that_does_not_fit_the_boxes_is_one_line():
+    records = _tfds_records(4, seed=3, crowd=True)
+    records[2]["objects"]["area"] = np.ones(len(records[2]["objects"]["label"]) + 1)
+    dataset = helpers.config("coco_yolov8n").dataset
+    dataset.max_boxes = 5
+    dataset.train_transforms = dataset.eval_transforms = "letterbox(size=64)"
+    with tfds.testing.mock_data(num_examples=4, as_data_source_fn=lambda self, split, **kw: records):
+        splits = pipeline.Splits(dataset, batch_size=4, num_classes=5)
+        with pytest.raises(
+            ConfigError, match=r"box_area_key: record 2 of split 'validation' .* values of objects/area"
+        ):
+            list(pipeline.eval_batches(splits, "validation", global_batch_size=4))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdl.detection import assigner, boxes, loss
+from jaxdl.detection import assigner, boxes, heads, loss
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp())
@@ -75,9 +75,9 @@ def jax_targets(gts, pixel, max_boxes):
     return out
 
 
-def detection_model_stub(torch):
+def detection_model_stub(torch, reg_max=16):
     """What v8DetectionLoss reads from a DetectionModel: args (gains), model[-1] (the head), parameters()."""
-    head = types.SimpleNamespace(stride=torch.tensor(STRIDES, dtype=torch.float32), nc=NC, reg_max=16)
+    head = types.SimpleNamespace(stride=torch.tensor(STRIDES, dtype=torch.float32), nc=NC, reg_max=reg_max)
     gains = types.SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
     return types.SimpleNamespace(args=gains, model=[head], parameters=lambda: iter([torch.zeros(1)]))
 
@@ -96,18 +96,21 @@ def ultralytics_loss(torch, model, pred_boxes, pred_scores, feats, batch):
     return items, pred_boxes.grad.numpy(), pred_scores.grad.numpy(), int(fg_mask.sum())
 
 
-def check_parity(torch, model, pred_boxes, pred_scores, feats, gts, image_hw, max_boxes=12):
+def check_parity(torch, model, pred_boxes, pred_scores, feats, gts, image_hw, max_boxes=12, head=None):
+    """ultralytics' loss items and gradients against those of `head` (default: ultralytics' YOLOv8 head)."""
+    head = head or heads.YOLOv8Head()
     batch, pixel = ultralytics_batch(torch, gts, image_hw)
     items, grad_boxes, grad_scores, num_fg = ultralytics_loss(torch, model, pred_boxes, pred_scores, feats, batch)
     raw = jnp.asarray(torch.cat([pred_boxes, pred_scores], 1).transpose(1, 2).detach().numpy())
     targets = jax_targets(gts, pixel, max_boxes)
 
     def summed(r):
-        per_example, parts = loss.yolov8_loss(r, targets, image_hw, num_classes=NC)
+        per_example, parts = head.loss(r, targets, image_hw, num_classes=NC)
         return per_example.sum(), (per_example, parts)
 
     (_, (per_example, parts)), grad = jax.jit(jax.value_and_grad(summed, has_aux=True))(raw)
-    ours, grad = np.array([parts["box"], parts["cls"], parts["dfl"]]), np.asarray(grad)
+    third = "dfl" if head.reg_max > 1 else "l1"  # ultralytics' third item: DFL, or L1 of the sides without bins.
+    ours, grad = np.array([parts["box"], parts["cls"], parts[third]]), np.asarray(grad)
     reference_grad = np.concatenate([grad_boxes, grad_scores], 1).transpose(0, 2, 1)
     errors = {
         "fg": num_fg,
@@ -158,6 +161,49 @@ def test_random_outputs_match_ultralytics(torch, seed, counts):
     errors = check_parity(torch, detection_model_stub(torch), pred_boxes, pred_scores, feats, gts, image_hw)
     assert errors["fg"] >= 40 or not sum(counts)
     print(f"random preds {seed}:", errors)
+
+
+@pytest.mark.parametrize("reg_max", [8, 1])
+def test_a_head_of_other_reg_max_matches_ultralytics(torch, reg_max):
+    """Fewer DFL bins (8), or none (1: the four distances predicted directly, an L1 term in place of the DFL)."""
+    rng = np.random.default_rng(4)
+    image_hw, b = (96, 128), 3
+    feats = [torch.zeros(b, 1, image_hw[0] // s, image_hw[1] // s) for s in STRIDES]
+    num_anchors = sum(f.shape[2] * f.shape[3] for f in feats)
+    # Bin logits, or (reg_max=1) the distances themselves, in strides.
+    shape = (b, 4 * reg_max, num_anchors)
+    raw_box = rng.normal(0, 3, shape) if reg_max > 1 else rng.uniform(0.2, 4, shape)
+    pred_boxes = torch.tensor(raw_box, dtype=torch.float32)
+    pred_scores = torch.tensor(rng.normal(-1, 2, (b, NC, num_anchors)), dtype=torch.float32)
+    gts = random_gt(rng, image_hw, [6, 3, 9])
+    model = detection_model_stub(torch, reg_max)
+    head = heads.YOLOv8Head(reg_max=reg_max)
+    errors = check_parity(torch, model, pred_boxes, pred_scores, feats, gts, image_hw, head=head)
+    assert errors["fg"] >= 20, errors
+
+
+def test_head_decodes_with_its_reg_max_and_refuses_what_it_cannot_use():
+    points, stride = boxes.make_anchors((64, 96))
+    # reg_max=4: a distribution peaked on bin 2 for every side; reg_max=1: the distances themselves.
+    peaked = jnp.zeros((1, points.shape[0], 4 * 4 + NC)).at[..., 2:16:4].set(30.0)
+    direct = jnp.zeros((1, points.shape[0], 4 + NC)).at[..., :4].set(2.0)
+    for raw, reg_max in ((peaked, 4), (direct, 1)):
+        decoded, scores = heads.YOLOv8Head(reg_max=reg_max).decode(raw, (64, 96), num_classes=NC)
+        expected = np.concatenate([points - 2, points + 2], -1) * stride
+        np.testing.assert_allclose(np.asarray(decoded[0]), expected, atol=1e-3)
+        assert scores.shape == (1, points.shape[0], NC)
+    with pytest.raises(ValueError, match="raw has 67 channels; reg_max=8 and 3 classes need 35"):
+        heads.YOLOv8Head(reg_max=8).decode(jnp.zeros((1, points.shape[0], 67)), (64, 96), num_classes=NC)
+    for bad, message in [
+        (dict(reg_max=0), r"^reg_max=0 is not valid; it must be an int >= 1"),
+        (dict(reg_max=2.0), r"^reg_max=2.0 is not valid"),
+        (dict(strides=(16, 8)), r"^strides=\(16, 8\) is not valid; they must increase"),
+        (dict(strides=(0, 8)), r"^strides=\(0, 8\) is not valid; give positive ints"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            heads.YOLOv8Head(**bad)
+    with pytest.raises(ValueError, match=r"^boxes_per_cell=0 is not valid"):
+        heads.YOLOv1Head(boxes_per_cell=0)
 
 
 @pytest.mark.parametrize("seed,topk2", [(0, None), (1, None), (2, 4)])

@@ -1,4 +1,4 @@
-"""Detection end to end on tiny variants: the configs, exact resume, jaxdl-predict, the figure, wrong heads."""
+"""Detection end to end on tiny variants: configs, exact resume, jaxdl-predict, TrainedRun, the figure, wrong heads."""
 
 import json
 import shutil
@@ -11,6 +11,7 @@ from PIL import Image
 from jaxdl import checkpoint, experiment, predict, tasks, train
 from jaxdl.errors import ConfigError
 from jaxdl.tasks.detection import Outputs
+from jaxdl.trained import TrainedRun
 from tests import helpers
 
 SMALL = dict(
@@ -113,6 +114,21 @@ def test_predict_reports_the_task_detections_in_the_file_pixels(yolo_run, tmp_pa
         [d["box"] for d in second["detections"]], 2 * np.array([d["box"] for d in first["detections"]]), atol=0.02
     )
     assert Image.open(second["boxes_image"]).size == (128, 128)
+    names = ("circle", "square", "triangle")
+    assert [d["name"] for d in first["detections"]] == [names[c] for c in found["classes"][valid]]
+
+
+def test_trained_run_opens_a_detection_workdir(yolo_run):
+    """The shapes builder's names less box_class_offset; the best variables; the task's detections of its outputs."""
+    workdir, results = yolo_run
+    run = TrainedRun.open(workdir, task_type=tasks.Detection)
+    assert run.step == results["best_step"] and run.class_names == ("circle", "square", "triangle")
+    variables, _ = checkpoint.restore_variables(workdir)
+    helpers.assert_trees_close(run.variables, variables, rtol=0, atol=0)
+    batch = next(iter(run.eval_batches()))
+    raw = run.model.apply(variables, batch["input"], train=False)
+    np.testing.assert_allclose(np.asarray(run.outputs(batch["input"])), np.asarray(raw), rtol=1e-4, atol=1e-4)
+    assert len(run.eval_transforms()) == 2  # letterbox, rescale
 
 
 def test_show_detections_draws_the_grid(yolo_run, tmp_path):
@@ -134,6 +150,51 @@ def test_a_model_without_the_task_head_is_one_line():
         helpers.build_without_data(helpers.config("shapes_yolov8n", model__name="resnet18"))
     with pytest.raises(ConfigError, match="needs objects as targets"):
         helpers.build_without_data(helpers.config("shapes_unet", task__name="detection"))
+
+
+# A few steps, evaluated once at the end: enough to show the option reaches the loss, NMS and mAP.
+FEW_STEPS = dict(training__num_steps=2, training__eval_every_steps=0, training__checkpoint_every_steps=2)
+
+
+def test_reg_max_8_from_the_command_line_trains(tmp_path):
+    """yolov8_tiny with 8 DFL bins a side: the task's loss and decoding are the model's head's, not 16 bins'."""
+    results = train.train_and_evaluate(_yolov8(model__kwargs__reg_max=8, **FEW_STEPS), tmp_path / "run")
+    assert results["final_step"] == 2 and np.isfinite(results["test"]["loss"])
+    assert 0 <= results["test"]["map50_95"] <= 1
+    params, _ = helpers.saved_params(tmp_path / "run")
+    assert params["head"]["box_0_2"]["kernel"].shape[-1] == 4 * 8 and params["head"]["dfl"].shape == (1, 1, 8, 1)
+    lines = [line for line in helpers.metrics_lines(tmp_path / "run") if "train/dfl_loss" in line]
+    assert len(lines) == 2 and all(np.isfinite(line["train/dfl_loss"]) for line in lines)
+
+
+def test_three_boxes_per_cell_from_the_command_line_trains(tmp_path):
+    """yolov1_tiny with B=3: 3 * 5 + C channels a cell, read by the model's head in the loss and the decoding."""
+    results = train.train_and_evaluate(_yolov1(model__kwargs__boxes_per_cell=3, **FEW_STEPS), tmp_path / "run")
+    assert results["final_step"] == 2 and np.isfinite(results["test"]["loss"])
+    assert 0 <= results["test"]["map50"] <= 1
+    params, _ = helpers.saved_params(tmp_path / "run")
+    assert params["fc2"]["kernel"].shape[-1] == 4 * 4 * (3 * 5 + 3)  # yolov1_tiny's 4 x 4 grid, 3 classes.
+
+
+def test_a_head_option_the_head_cannot_use_is_one_line():
+    with pytest.raises(ConfigError, match=r"^config.model.kwargs.reg_max=0 is not valid; it must be >= 1$"):
+        helpers.build_without_data(helpers.config("shapes_yolov8n", model__kwargs__reg_max=0))
+    with pytest.raises(ConfigError, match=r"^config.model.kwargs.boxes_per_cell=0 is not valid; it must be >= 1$"):
+        helpers.build_without_data(helpers.config("shapes_yolov1", model__kwargs__boxes_per_cell=0))
+
+
+def test_an_input_size_the_model_cannot_take_is_one_line_before_compiling():
+    """Sizes the transforms make, and (without a resize) the records' own size, are checked as the run is built."""
+    letterbox = f"letterbox(size=100)|rescale(scale={1 / 255})"
+    made = r"^config.dataset.eval_transforms='letterbox\(size=100\).*' makes inputs of 100x100, "
+    refused = made + r"which config.model.name='yolov8_tiny' cannot take: .*multiples of 32"
+    with pytest.raises(ConfigError, match=refused):
+        experiment.Experiment(_yolov8(dataset__eval_transforms=letterbox))
+    kept = r"^config.dataset.train_transforms has no resize or letterbox, so the shapes images stay at 64x64, "
+    refused = kept + r"which config.model.name='unet_tiny' cannot take: .*divisible by 128"
+    with pytest.raises(ConfigError, match=refused):
+        unet = {"model__name": "unet_tiny", "model__kwargs__depth": 7, "dataset__eval_transforms": "rescale(scale=1)"}
+        experiment.Experiment(helpers.config("shapes_unet", **{**SMALL, **unet}))
 
 
 def test_fine_tuning_starts_from_an_ultralytics_file_with_new_classes(tmp_path):

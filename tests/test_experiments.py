@@ -21,6 +21,7 @@ def test_tune_lstm_writes_table_and_figure_for_each_setting(tmp_path):
         ]
     )  # fmt: skip
     assert code == 0
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["trials"]) == 2  # The grid ran as a jaxdl sweep.
     table = (tmp_path / "summary.md").read_text()
     assert table.count("\n| ") >= 2  # One row per setting.
     for workdir in [p for p in tmp_path.iterdir() if p.is_dir()]:

@@ -11,9 +11,10 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from jaxdl import train
-from jaxdl.data import datasets
+from jaxdl.data import datasets, pipeline
 from tests import helpers
 
 LAUNCH_LOCAL = helpers.ROOT / "experiments" / "launch_local.py"
@@ -53,6 +54,64 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     # Each process saved its own data-iterator state next to the shared arrays.
     saved = {p.name for p in (workdir / "checkpoints" / "10" / "data").iterdir()}
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= saved
+
+
+def _launch(workdir, processes: int, devices: int, args: list[str]) -> dict:
+    """results.json of `launch_local.py -n processes --devices_per_process devices -- args` (exit code 0 asserted)."""
+    command = [sys.executable, str(LAUNCH_LOCAL), "-n", str(processes), "--devices_per_process", str(devices)]
+    launcher = subprocess.Popen(
+        [*command, "--", f"--workdir={workdir}", *args],
+        cwd=helpers.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        output = launcher.communicate(timeout=600)[0]
+    finally:
+        if launcher.poll() is None:  # A hung collective must not outlive the test: a second SIGTERM kills.
+            launcher.terminate()
+            time.sleep(1)
+            launcher.terminate()
+            launcher.wait(30)
+    assert launcher.returncode == 0, output[-5000:]
+    return json.loads((workdir / "results.json").read_text())
+
+
+# A few steps on 48 shapes images, evaluated at the end; every device of every process.
+_SMALL_SHAPES = {
+    "dataset.split_sizes": "(48, 16, 16)",
+    "training.batch_size": 8,
+    "training.num_steps": 6,
+    "training.eval_every_steps": 6,
+    "training.checkpoint_every_steps": 6,
+    "training.log_every_steps": 6,
+    "training.progress_bar": "false",
+    "parallel.num_devices": 0,
+}
+_LAYOUT_RUNS = {
+    # shapes_yolov8n trains with mosaic(p=0.5): its partners are records drawn by global position.
+    "detection_mosaic": ("shapes_yolov8n", {"model.name": "yolov8_tiny", "schedule.warmup_steps": 0}),
+    "segmentation": (
+        "shapes_unet",
+        {"model.kwargs": "{'width': 4, 'depth': 2, 'padding': 'same', 'batch_norm': True, 'image_size': 64}"},
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(_LAYOUT_RUNS))
+def test_two_processes_of_one_device_equal_one_process_of_two(name, tmp_path):
+    """2 processes x 1 device and 1 process x 2 devices see the same batches: the same test loss, every digit."""
+    config, overrides = _LAYOUT_RUNS[name]
+    overrides = {**_SMALL_SHAPES, **overrides}
+    cfg = helpers.config(config, **{k.replace(".", "__"): v for k, v in overrides.items()})
+    pipeline.Splits(cfg.dataset, batch_size=8)  # Built once here, so the processes never race to build it.
+    args = [f"--config={helpers.ROOT / 'configs' / f'{config}.py'}"] + [
+        f"--config.{k}={v}" for k, v in overrides.items()
+    ]
+    two_processes = _launch(tmp_path / "2x1", 2, 1, args)
+    two_devices = _launch(tmp_path / "1x2", 1, 2, args)
+    assert (two_processes["num_processes"], two_devices["num_processes"]) == (2, 1)
+    assert two_processes["num_devices"] == two_devices["num_devices"] == 2
+    assert two_processes["test"]["loss"] == two_devices["test"]["loss"], (two_processes["test"], two_devices["test"])
 
 
 def test_launcher_commands_and_environment():

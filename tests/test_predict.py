@@ -1,4 +1,4 @@
-"""jaxdl-predict on image files: classification top-k, segmentation masks, one-line errors per bad file."""
+"""jaxdl-predict on image files (classification top-k, one-line errors per bad file) and TrainedRun on a classifier."""
 
 import json
 
@@ -8,6 +8,8 @@ from PIL import Image
 
 from jaxdl import checkpoint, experiment, predict, tasks
 from jaxdl.data import datasets
+from jaxdl.errors import WorkdirError
+from jaxdl.trained import TrainedRun
 from tests import helpers
 
 
@@ -35,6 +37,7 @@ def test_classification_top5_are_the_model_probabilities(digits_workdir, tmp_pat
         expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         assert len(line["top"]) == 5
         assert [p["class"] for p in line["top"]] == list(np.argsort(-expected)[:5])
+        assert [p["name"] for p in line["top"]] == [str(p["class"]) for p in line["top"]]  # digits' ClassLabel.
         np.testing.assert_allclose([p["probability"] for p in line["top"]], np.sort(expected)[::-1][:5], rtol=1e-5)
 
 
@@ -61,4 +64,39 @@ def test_workdir_of_another_task_is_a_one_line_error(tmp_path, capsys):
     workdir.mkdir()
     (workdir / "config.json").write_text(json.dumps(helpers.config("sunspots_lstm").to_dict()))
     assert predict.predict_cli([f"--workdir={workdir}", "x.png"]) == 2
-    assert "trained for task 'forecasting'; jaxdl-predict takes classification, segmentation" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "trained for task 'forecasting'; jaxdl-predict takes classification, detection, segmentation" in err
+
+
+def test_trained_run_opens_a_classification_workdir(digits_workdir):
+    """Config, task, model, the best variables (no EMA), eval transforms and class names of the digits run."""
+    run = TrainedRun.open(digits_workdir)
+    cfg = helpers.tiny_cnn(training__num_steps=4)
+    assert run.config.model.kwargs.to_dict() == cfg.model.kwargs.to_dict() and run.which == "best"
+    assert isinstance(run.task, tasks.Classification) and run.task.num_classes == 10
+    variables, step = checkpoint.restore_variables(digits_workdir, kinds=("best",))
+    assert run.step == step and not run.uses_ema
+    helpers.assert_trees_close(run.variables, variables, rtol=0, atol=0)
+    assert run.class_names == tuple(str(k) for k in range(10))
+    image = np.asarray(datasets.load_source("digits", "test")[0]["image"])
+    (op,) = run.eval_transforms()
+    model_input = op.map({"input": image[None]})["input"]
+    np.testing.assert_allclose(model_input, image[None] / 16, rtol=1e-6)
+    logits = run.model.apply(variables, model_input, train=False)
+    np.testing.assert_allclose(np.asarray(run.outputs(model_input)), np.asarray(logits), rtol=1e-5, atol=1e-6)
+    assert run.input_spec == {"shape": [8, 8, 1], "dtype": "uint8", "key": "image"}
+
+
+def test_trained_run_refuses_another_task_and_a_workdir_without_checkpoints(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(helpers.tiny_cnn().to_dict()))
+    with pytest.raises(WorkdirError, match=r"was trained for task 'classification', not 'segmentation'$"):
+        TrainedRun.open(workdir, task_type=tasks.Segmentation)
+    run = TrainedRun.open(workdir, "latest")  # Opening reads the config only; the restore comes on first use.
+    with pytest.raises(WorkdirError, match="holds no checkpoint"):
+        _ = run.variables
+    with pytest.raises(WorkdirError, match="holds no inputs.json"):
+        _ = run.input_spec
+    with pytest.raises(ValueError, match="which='newest' is not valid"):
+        TrainedRun.open(workdir, "newest")

@@ -1,4 +1,4 @@
-"""Segmentation end to end on tiny variants: every new config, exact resume, jaxdl-predict, the figure."""
+"""Segmentation end to end on tiny variants: every new config, exact resume, jaxdl-predict, TrainedRun, the figure."""
 
 import json
 
@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxdl import checkpoint, experiment, predict, tasks, train
+from jaxdl.trained import TrainedRun
 from tests import helpers
 
 SMALL = dict(
@@ -91,6 +92,21 @@ def test_predict_writes_the_mask_the_model_predicts(unet_run, tmp_path, capsys):
     np.testing.assert_array_equal(mask, np.argmax(logits, axis=-1))
     overlay = np.asarray(Image.open(record["overlay"]))
     assert overlay.shape == (64, 64, 3) and sum(record["pixels_per_class"].values()) == 64 * 64
+
+
+def test_trained_run_opens_a_segmentation_workdir(unet_run):
+    workdir, results = unet_run
+    run = TrainedRun.open(workdir, task_type=tasks.Segmentation)
+    assert run.step == results["best_step"] and not run.uses_ema
+    assert run.class_names == ("background", "circle", "square", "triangle")  # Declared by the shapes builder.
+    variables, _ = checkpoint.restore_variables(workdir)
+    helpers.assert_trees_close(run.variables, variables, rtol=0, atol=0)
+    batch = next(iter(run.eval_batches()))  # The test split after the eval transforms.
+    (op,) = run.eval_transforms()
+    image = np.asarray(run.experiment.splits.source("test")[0]["image"])
+    np.testing.assert_allclose(op.map({"input": image[None]})["input"][0], batch["input"][0], rtol=1e-6)
+    logits = run.model.apply(variables, batch["input"], train=False)
+    np.testing.assert_allclose(np.asarray(run.outputs(batch["input"])), np.asarray(logits), rtol=1e-5, atol=1e-5)
 
 
 def test_show_segmentation_draws_the_grid(unet_run, tmp_path):

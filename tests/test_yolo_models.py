@@ -11,7 +11,9 @@ import pytest
 from flax import traverse_util
 
 from jaxdl import convert, models
-from jaxdl.models.yolo import YOLO11, DetectHead, YOLOv8, anchor_points
+from jaxdl.detection.boxes import make_anchors
+from jaxdl.detection.heads import YOLOv8Head
+from jaxdl.models.yolo import YOLO11, DetectHead, YOLOv8
 
 # Ultralytics' published counts at 80 classes (the scale comments of yolov8.yaml and yolo11.yaml); 8.4.190 builds these.
 PUBLISHED = {
@@ -98,7 +100,9 @@ def test_output_is_one_float32_array_of_anchors_by_channels(name: str) -> None:
     for train in (False, True):
         out = jax.eval_shape(lambda x, train=train: model.init_with_output(jax.random.key(0), x, train=train)[0], x)
         assert out.shape == (2, 8 * 12 + 4 * 6 + 2 * 3, 4 * REG_MAX + 3) and out.dtype == jnp.float32
-    assert model.strides == (8, 16, 32) and model.detection_head == "yolov8"
+    assert model.strides == (8, 16, 32) and model.detection_head() == YOLOv8Head(reg_max=REG_MAX, strides=(8, 16, 32))
+    head = models.create_model(name, num_outputs=3, reg_max=8).detection_head()  # The head carries the model's reg_max.
+    assert (head.name, head.reg_max, head.strides) == ("yolov8", 8, (8, 16, 32))
 
 
 @pytest.mark.parametrize("shape", [(1, 48, 64, 3), (1, 64, 80, 3)])
@@ -157,7 +161,8 @@ def _decode(raw: np.ndarray, height: int, width: int) -> np.ndarray:
     points, strides = np.concatenate(points), np.concatenate(strides)
     top_left, bottom_right = points - distances[..., :2], points + distances[..., 2:]
     boxes = np.concatenate([(top_left + bottom_right) / 2, bottom_right - top_left], -1) * strides
-    np.testing.assert_array_equal(anchor_points(height, width)[0], points * strides)
+    anchors, anchor_strides = make_anchors((height, width), STRIDES)
+    np.testing.assert_array_equal(anchors * anchor_strides, points * strides)
     return np.concatenate([boxes, 1 / (1 + np.exp(-raw[..., 4 * REG_MAX :]))], -1)
 
 

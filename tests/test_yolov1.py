@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxdl import models
+from jaxdl.detection.heads import YOLOv1Head
 from jaxdl.detection.yolov1 import yolov1_decode, yolov1_loss, yolov1_targets
 
 # --------------------------------------------------------------------------
@@ -42,7 +43,8 @@ PAPER_CONVS = [
 
 def test_paper_network_maps_448_to_7x7x30_with_its_parameter_count() -> None:
     assert len(PAPER_CONVS) == 24
-    assert models.model_class("yolov1").detection_head == "yolov1"  # What a detection task's head="yolov1" needs.
+    # What a detection task's head="yolov1" needs, with the model's own boxes per cell.
+    assert models.create_model("yolov1", boxes_per_cell=3).detection_head() == YOLOv1Head(boxes_per_cell=3)
     convs = sum(k * k * cin * cout + cout for k, cin, cout in PAPER_CONVS)
     fc1 = 7 * 7 * 1024 * 4096 + 4096
     fc2 = 4096 * (7 * 7 * (2 * 5 + 20)) + 7 * 7 * 30
@@ -324,9 +326,27 @@ def test_outputs_made_from_the_targets_score_map_1():
             w, h = rng.uniform(6, 20, 2)
             boxes[b, k] = np.clip([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 0, 64)
     truth = {"boxes": boxes, "target": rng.integers(0, 3, (n, g)), "box_valid": np.ones((n, g), np.uint8)}
-    task = Detection(3, "yolov1", iou_threshold=0.5)
+    task = Detection(3, "yolov1", iou_threshold=0.5).with_head(YOLOv1Head(boxes_per_cell=2))
     grid = yolov1_targets(task.targets(truth), (64, 64), grid_size=s, num_classes=3)
     exact = jnp.concatenate([grid["xy"], grid["sqrt_wh"], grid["has_object"][..., None].astype(jnp.float32)], -1)
     outputs = jnp.concatenate([exact, jnp.zeros_like(exact), grid["classes"]], -1)  # Predictor 2 finds nothing.
     values = {k: np.asarray(v) for k, v in task.host_values(Outputs(outputs, (64, 64)), truth).items()}
-    assert task.host_metrics(values) == pytest.approx({"map50_95": 1.0, "map50": 1.0, "map75": 1.0}, abs=1e-9)
+    metrics, keys = task.host_metrics(values), ("map50_95", "map50", "map75", "mar_100")
+    assert {k: metrics[k] for k in keys} == pytest.approx(dict.fromkeys(keys, 1.0), abs=1e-9)
+
+
+def test_the_task_decodes_with_the_head_it_is_bound_to():
+    """The loss and decoding are the bound head's; a task without one, or with another format's, refuses."""
+    from jaxdl.detection.heads import YOLOv8Head
+    from jaxdl.tasks.detection import Detection, Outputs
+
+    task = Detection(3, "yolov1")
+    outputs = Outputs(jnp.zeros((1, 4, 4, 3 * 5 + 3)), (64, 64))
+    with pytest.raises(RuntimeError, match=r"no model head yet: use task.for_model\(model\)"):
+        task.decode(outputs)
+    with pytest.raises(ValueError, match="the task decodes 'yolov1' outputs, not the 'yolov8'"):
+        task.with_head(YOLOv8Head())
+    model = models.create_model("yolov1_tiny", num_outputs=3, boxes_per_cell=3)
+    boxes, scores = task.for_model(model).decode(outputs)
+    assert boxes.shape == (1, 4 * 4 * 3, 4) and scores.shape == (1, 4 * 4 * 3, 3)  # Three predictors a cell.
+    assert task.model_head is None  # Binding makes a new task.

@@ -14,12 +14,13 @@ import logging
 import os
 from pathlib import Path
 
+import filelock
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxdl.data import shapes
 from jaxdl.data import word_segmentation as ws
-from jaxdl.errors import DatasetNotPreparedError
+from jaxdl.errors import DatasetNotPreparedError, first_line
 
 __all__ = ["DatasetNotPreparedError", "InMemorySource", "is_known", "load_source", "local_builder"]
 
@@ -282,6 +283,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [ShapesConfig.for_sizes((2000, 200, 200))]
+    # Its class ids are plain tensors (bytes-encoded), so the names are declared here, by feature.
+    CLASS_NAMES = {"segmentation_mask": shapes.CLASSES, "box_classes": shapes.CLASSES}
 
     def _info(self):
         k, size = shapes.MAX_OBJECTS, shapes.SIZE
@@ -367,10 +370,17 @@ def local_builder(name: str, data_dir: str = "", split_sizes=None) -> tfds.core.
     if name == "shapes":
         cls = _shapes_builder(tuple(split_sizes or ShapesConfig.split_sizes))
     builder = cls(data_dir=data_dir or str(default_data_dir()), file_format="array_record")
-    if not builder.is_prepared():
-        log.info("building jaxdl dataset '%s' in %s (once)", name, builder.data_dir)
-        tfds.disable_progress_bar()  # tfds' bars would interleave with the run's own output.
-        builder.download_and_prepare()
+    if builder.is_prepared():
+        return builder
+    # Processes sharing a data dir (sweep trials, test workers) build each dataset once:
+    # the first takes the lock and builds, the others wait and then read it.
+    Path(builder.data_dir).parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(f"{builder.data_dir}.lock"):
+        builder = cls(data_dir=data_dir or str(default_data_dir()), file_format="array_record")
+        if not builder.is_prepared():
+            log.info("building jaxdl dataset '%s' in %s (once)", name, builder.data_dir)
+            tfds.disable_progress_bar()  # tfds' bars would interleave with the run's own output.
+            builder.download_and_prepare()
     return builder
 
 
@@ -394,6 +404,31 @@ def _without_tensorflow(name: str) -> None:
     coco.tf = types.SimpleNamespace(int64=np.int64)
 
 
+def class_names(name: str, key: str, data_dir: str = "") -> tuple[str, ...] | None:
+    """The class names of feature `key` ('a/b' when nested) of dataset `name`, by id; None where it names none.
+
+    A tfds `ClassLabel` feature names its classes; a jaxdl builder may declare
+    names for plain id tensors (`CLASS_NAMES`). Nothing is built or downloaded:
+    only the dataset's info is read.
+    """
+    declared = getattr(LOCAL_BUILDERS.get(name), "CLASS_NAMES", {})
+    if key in declared:
+        return tuple(declared[key])
+    try:
+        if name in LOCAL_BUILDERS:
+            builder = LOCAL_BUILDERS[name](data_dir=data_dir or str(default_data_dir()), file_format="array_record")
+        else:
+            _without_tensorflow(name)
+            builder = tfds.builder(name, data_dir=data_dir or None)
+        feature = builder.info.features
+        for part in key.split("/"):
+            feature = feature[part]
+    except Exception:  # Names only label outputs: a dataset whose info cannot be read here has none.
+        return None
+    names = getattr(feature, "names", None)
+    return tuple(names) if names else None
+
+
 def load_source(name: str, split: str, data_dir: str = "", split_sizes=None):
     """A random-access source of one split: records are dicts of numpy values."""
     if name in LOCAL_BUILDERS:
@@ -408,7 +443,7 @@ def load_source(name: str, split: str, data_dir: str = "", split_sizes=None):
             f"tfds dataset '{name}' (split '{split}') is not prepared as ArrayRecord in {where}: "
             f"on a machine with network run `tfds build {name} --file_format=array_record "
             f"--data_dir={where}` (or copy a prepared {name}/ folder there) and set "
-            f"config.dataset.data_dir ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+            f"config.dataset.data_dir ({type(error).__name__}: {first_line(error, 200)})"
         ) from error
 
 

@@ -6,7 +6,17 @@ With `config.dataset.target_kind = "objects"` a batch holds:
   (the record's id minus `dataset.box_class_offset`), 0 in padding slots;
 - `boxes` [B, max_boxes, 4] float32 (x0, y0, x1, y1) in the image's pixels,
   pixel (i, j) covering [j, j+1) x [i, i+1) (see jaxdl.data.transforms);
-- `box_valid` [B, max_boxes] uint8: 1 for an object, 0 for a padding slot.
+- `box_valid` [B, max_boxes] uint8: 1 for an object, 0 for a padding slot;
+- with `dataset.box_crowd_key` (e.g. `objects/is_crowd`), `box_crowd`
+  [B, max_boxes] uint8: 1 for a crowd region (COCO's `iscrowd`). Crowds are
+  kept, not dropped: the loss leaves them out, COCO's evaluation treats them
+  as regions any number of detections may lie in (jaxdl.detection.coco);
+- with `dataset.box_area_key` (e.g. `objects/area`), `box_area`
+  [B, max_boxes] float32: the annotation's area in the image's pixels
+  squared (COCO's segment area, which decides small / medium / large); the
+  transforms scale it with the image (jaxdl.data.transforms, kind
+  `box_area`). Without it the evaluation takes w*h of each box as it is
+  evaluated.
 
 Records store their objects in one of two ways (`dataset.box_format`):
 
@@ -16,8 +26,7 @@ Records store their objects in one of two ways (`dataset.box_format`):
   a variable number per record (`voc`, `coco`: `objects/bbox`, `objects/label`).
 
 Keys may be nested with `/` (`objects/label` reads record["objects"]["label"]).
-Objects flagged by `dataset.box_ignore_key` (e.g. `objects/is_crowd`) are left
-out. Every record is checked as it is read; a problem is a one-line ConfigError
+Every record is checked as it is read; a problem is a one-line ConfigError
 naming the split, the record and the key to change: a box outside its image
 (beyond `_TOLERANCE` pixels), a box of zero or negative width or height, a
 class id outside [0, num_classes), or more objects than `max_boxes`.
@@ -72,14 +81,19 @@ class ObjectReader:
 
     def __init__(self, config: ml_collections.ConfigDict, split: str, num_classes: int | None):
         self.classes_key, self.boxes_key = config.target_key, config.boxes_key
-        self.valid_key, self.ignore_key = config.box_valid_key, config.box_ignore_key
+        self.valid_key, self.crowd_key, self.area_key = config.box_valid_key, config.box_crowd_key, config.box_area_key
         self.format, self.max_boxes = config.box_format, int(config.max_boxes)
         self.offset, self.num_classes = int(config.box_class_offset), num_classes
         self.split, self.name = split, config.name
 
     def keys(self) -> list[str]:
         """The record features this reader uses."""
-        return [k for k in (self.classes_key, self.boxes_key, self.valid_key, self.ignore_key) if k]
+        return [k for k in (self.classes_key, self.boxes_key, self.valid_key, self.crowd_key, self.area_key) if k]
+
+    def batch_keys(self) -> dict[str, tuple[str, type]]:
+        """The per-box batch keys the config asks for besides target, boxes and box_valid: name -> (feature, dtype)."""
+        wanted = {"box_crowd": (self.crowd_key, np.uint8), "box_area": (self.area_key, np.float32)}
+        return {name: spec for name, spec in wanted.items() if spec[0]}
 
     def read(self, records: Sequence[Mapping], image_hw: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The objects of `records` (their images' [B, 2] heights and widths) as batch arrays."""
@@ -88,11 +102,14 @@ class ObjectReader:
             "target": np.zeros((len(records), g), np.int32),
             "boxes": np.zeros((len(records), g, 4), np.float32),
             "box_valid": np.zeros((len(records), g), np.uint8),
+            **{name: np.zeros((len(records), g), dtype) for name, (_, dtype) in self.batch_keys().items()},
         }
         for b, (record, hw, index) in enumerate(zip(records, image_hw, indices, strict=True)):
-            classes, boxes = self._objects(record, hw, int(index))
+            classes, boxes, per_box = self._objects(record, hw, int(index))
             n = len(classes)
             out["target"][b, :n], out["boxes"][b, :n], out["box_valid"][b, :n] = classes, boxes, 1
+            for name, values in per_box.items():
+                out[name][b, :n] = values
         return out
 
     def read_columns(self, columns: Mapping[str, np.ndarray], image_hw: np.ndarray, indices: np.ndarray) -> dict:
@@ -102,8 +119,7 @@ class ObjectReader:
         keep = np.ones(classes.shape, bool)
         if self.valid_key:
             keep &= np.asarray(columns[self.valid_key]) != 0
-        if self.ignore_key:
-            keep &= ~np.asarray(columns[self.ignore_key]).astype(bool)
+        per_box = {name: np.asarray(columns[key]) for name, (key, _) in self.batch_keys().items()}
         boxes = self._to_pixels(boxes, image_hw[:, None, :])
         self._check(boxes, classes - self.offset, keep, image_hw[:, None, :], indices)
         # Objects first, in their stored order; then padding.
@@ -114,13 +130,17 @@ class ObjectReader:
             "target": np.where(keep, np.take_along_axis(classes, order, axis=1) - self.offset, 0).astype(np.int32),
             "boxes": np.where(keep[..., None], np.take_along_axis(boxes, order[..., None], axis=1), 0),
             "box_valid": keep.astype(np.uint8),
+            **{
+                name: np.where(keep, np.take_along_axis(per_box[name], order, axis=1), 0).astype(dtype)
+                for name, (_, dtype) in self.batch_keys().items()
+            },
         }
         if pad > 0:
             out = {k: np.concatenate([v, np.zeros((len(v), pad, *v.shape[2:]), v.dtype)], 1) for k, v in out.items()}
         out["boxes"] = out["boxes"].astype(np.float32)
         return out
 
-    def _objects(self, record: Mapping, hw: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _objects(self, record: Mapping, hw: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
         boxes = np.asarray(lookup(record, self.boxes_key), np.float32).reshape(-1, 4)
         classes = np.asarray(lookup(record, self.classes_key)).astype(np.int64).reshape(-1)
         if len(classes) != len(boxes):
@@ -131,11 +151,18 @@ class ObjectReader:
         keep = np.ones(len(classes), bool)
         if self.valid_key:
             keep &= np.asarray(lookup(record, self.valid_key)).reshape(-1) != 0
-        if self.ignore_key:
-            keep &= ~np.asarray(lookup(record, self.ignore_key)).astype(bool).reshape(-1)
+        per_box = {}
+        for name, (key, _) in self.batch_keys().items():
+            values = np.asarray(lookup(record, key)).reshape(-1)
+            if len(values) != len(boxes):
+                raise ConfigError(
+                    f"config.dataset.box_{name[4:]}_key: record {index} of split '{self.split}' of {self.name} "
+                    f"has {len(values)} values of {key} for {len(boxes)} boxes ({self.boxes_key})"
+                )
+            per_box[name] = values
         boxes = self._to_pixels(boxes, np.asarray(hw, np.float32)[None, :])
         self._check(boxes[None], classes[None] - self.offset, keep[None], np.asarray(hw)[None, None], [index])
-        return classes[keep] - self.offset, boxes[keep]
+        return classes[keep] - self.offset, boxes[keep], {name: values[keep] for name, values in per_box.items()}
 
     def _to_pixels(self, boxes: np.ndarray, hw: np.ndarray) -> np.ndarray:
         """Stored boxes [..., 4] as pixel (x0, y0, x1, y1); `hw` broadcasts to [..., 2]."""

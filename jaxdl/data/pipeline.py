@@ -14,7 +14,8 @@ transform that needs floats (rescale, normalize, a resizing crop) converts them.
 
 A batch holds named arrays of declared kinds (see `jaxdl.data.transforms`):
 `input` (an image, or features / token ids), `target` (kind
-`config.dataset.target_kind`: a label, a per-pixel `mask` [B, H, W], a
+`config.dataset.target_kind`, a class of `jaxdl.data.targets` that reads it
+and the keys beside it: a label, a per-pixel `mask` [B, H, W], a
 `sequence`, or `objects`: class ids [B, max_boxes] with `boxes` and
 `box_valid` beside them, see `jaxdl.data.objects`), each of
 `config.dataset.extra_keys` under its own name (`boxes` [B, N, 4] with
@@ -36,16 +37,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxdl.data import datasets, objects, sources, transforms
-from jaxdl.errors import ConfigError, check_at_least, check_choice
+from jaxdl.data import datasets, objects, sources, targets, transforms
+from jaxdl.errors import ConfigError, check_at_least, check_choice, first_line
 
 _SPLIT_KEYS = ("train_split", "val_split", "test_split")
-_TARGET_KINDS = {
-    "label": "label",
-    "mask": transforms.MASK,
-    "sequence": "sequence",
-    "objects": transforms.BOX_CLASSES,
-}
 # Extra keys with a geometric kind; any other extra key rides along untouched (box_classes).
 _EXTRA_KINDS = {"boxes": transforms.BOXES, "box_valid": transforms.BOX_VALID}
 _RESERVED = ("input", "target", "mask")  # Batch names the extra keys must not take.
@@ -53,10 +48,7 @@ _RESERVED = ("input", "target", "mask")  # Batch names the extra keys must not t
 
 def _check_keys(source, config: ml_collections.ConfigDict) -> None:
     record = source[0]
-    keys = ("input_key", "target_key")
-    if config.target_kind == "objects":
-        keys += ("boxes_key", "box_valid_key", "box_ignore_key")
-    for key in keys:
+    for key in ("input_key", *targets.kind_class(config).feature_keys(config)):
         if config[key] and not objects.has_key(record, config[key]):
             raise ConfigError(
                 f"config.dataset.{key}='{config[key]}' is not a feature of {config.name}; "
@@ -72,22 +64,15 @@ def _check_keys(source, config: ml_collections.ConfigDict) -> None:
 
 def _check_kinds(config: ml_collections.ConfigDict) -> None:
     """The dataset's keys and kinds: target_kind, extra_keys, ignore_index."""
-    check_choice("dataset.target_kind", config.target_kind, tuple(_TARGET_KINDS))
+    kind = targets.kind_class(config)
     extra = config.extra_keys
     if isinstance(extra, str) or not all(isinstance(k, str) for k in extra):
         raise ConfigError(f"config.dataset.extra_keys={extra!r} is not valid; give a tuple of feature names")
     for key in extra:
         if key in _RESERVED:
             raise ConfigError(f"config.dataset.extra_keys holds '{key}', a name the batch already uses")
-    if config.target_kind == "objects":
-        objects.check_config(config)
-        for key in ("boxes", "box_valid"):
-            if key in extra:
-                raise ConfigError(
-                    f"config.dataset.extra_keys holds '{key}', which target_kind='objects' makes itself; "
-                    "name the records' boxes in config.dataset.boxes_key (and box_valid_key)"
-                )
-    elif ("boxes" in extra) != ("box_valid" in extra):
+    kind.check_config(config)
+    if ("boxes" in extra) != ("box_valid" in extra):
         raise ConfigError("config.dataset.extra_keys must hold 'boxes' and 'box_valid' together")
     if not isinstance(config.ignore_index, int) or config.ignore_index < 0:
         raise ConfigError(f"config.dataset.ignore_index={config.ignore_index} is not valid; it must be an int >= 0")
@@ -96,29 +81,20 @@ def _check_kinds(config: ml_collections.ConfigDict) -> None:
 def kinds(config: ml_collections.ConfigDict) -> dict[str, str]:
     """The kind of every batch key the dataset config produces (see jaxdl.data.transforms)."""
     extra = {key: _EXTRA_KINDS.get(key, "other") for key in config.extra_keys}
-    if config.target_kind == "objects":
-        extra.update(_EXTRA_KINDS)
-    return {"input": transforms.IMAGE, "target": _TARGET_KINDS[config.target_kind], **extra}
+    return {"input": transforms.IMAGE, **extra, **targets.kind_class(config).batch_kinds(config)}
 
 
 class _Gather(grain.transforms.Map):
-    """Reads the records at a batch of indices as `{"input": [B, ...], "target": [B, ...], extra...}`.
+    """Reads the records at a batch of indices as `{"input": [B, ...], "target": [B, ...], extra..., "_index"}`.
 
-    A mask target loses a trailing channel axis of size 1 ([H, W, 1] as tfds
-    stores masks), must have its image's height and width (checked per record),
-    and travels with the record indices (`_index`) for the id check at the end.
+    The target kind (jaxdl.data.targets) reads its own batch keys; the record
+    indices (`_index`) travel with the batch for the kind's check at the end.
     """
 
-    def __init__(self, source, config: ml_collections.ConfigDict, split: str, num_classes: int | None = None):
+    def __init__(self, source, config: ml_collections.ConfigDict, target: targets.TargetKind):
         self.source = source
-        self.keys = {"input": config.input_key, "target": config.target_key, **{k: k for k in config.extra_keys}}
-        self.split, self.name = split, config.name
-        self.is_mask = config.target_kind == "mask"
-        self.ignore_index = config.ignore_index
-        self.objects = None
-        if config.target_kind == "objects":
-            self.objects = objects.ObjectReader(config, split, num_classes)
-            del self.keys["target"]  # The reader makes target, boxes and box_valid.
+        self.keys = {"input": config.input_key, **{k: k for k in config.extra_keys}}
+        self.target = target
 
     def map(self, indices: np.ndarray) -> dict:
         if len(indices) == 0 and not isinstance(self.source, datasets.InMemorySource):
@@ -126,46 +102,29 @@ class _Gather(grain.transforms.Map):
             return {name: value[:0] for name, value in self.map(np.zeros(1, np.int64)).items()}
         if isinstance(self.source, datasets.InMemorySource):
             batch = {name: self.source.column(key)[indices] for name, key in self.keys.items()}
-            if self.objects is not None:
-                columns = {key: self.source.column(key)[indices] for key in self.objects.keys()}
-                hw = np.tile(np.asarray(batch["input"].shape[1:3]), (len(indices), 1))
-                batch.update(self.objects.read_columns(columns, hw, indices))
-            if self.is_mask:  # One shape for all records: check the first, squeeze all.
-                masks = batch["target"]
-                if len(masks):
-                    self._mask(masks[0], batch["input"][0], indices[0])
-                batch["target"] = self._widen(masks[..., 0] if masks.ndim == 4 and masks.shape[-1] == 1 else masks)
+            batch.update(self.target.read_columns(self.source, indices, batch))
         else:
             # One record at a time: tfds' batched __getitems__ is not supported by its mock_data.
             records = [self.source[int(i)] for i in indices]
             batch = {name: [np.asarray(r[key]) for r in records] for name, key in self.keys.items()}
-            if self.is_mask:
-                images, masks = batch["input"], batch["target"]
-                batch["target"] = [self._mask(m, x, i) for m, x, i in zip(masks, images, indices, strict=True)]
-            batch = {name: _stack(values) for name, values in batch.items()}
-            if self.objects is not None:  # Already one padded array per key.
-                hw = np.array([image.shape[:2] for image in batch["input"]], np.int64).reshape(-1, 2)
-                batch.update(self.objects.read(records, hw, indices))
-        if self.is_mask:
-            batch["_index"] = np.asarray(indices, np.int64)
+            batch.update(self.target.read_records(records, indices, batch))
+            batch = {name: _stack(values) if isinstance(values, list) else values for name, values in batch.items()}
+        batch["_index"] = np.asarray(indices, np.int64)
         return batch
 
-    def _mask(self, mask: np.ndarray, image: np.ndarray, index) -> np.ndarray:
-        """One record's mask as [H, W], checked against its image."""
-        if mask.ndim == 3 and mask.shape[-1] == 1:
-            mask = mask[..., 0]
-        if mask.ndim != 2 or mask.shape != image.shape[:2] or not np.issubdtype(mask.dtype, np.integer):
-            raise ConfigError(
-                f"config.dataset.target_key: record {int(index)} of split '{self.split}' of {self.name} has a "
-                f"{mask.dtype} mask of shape {mask.shape}, not integer ids of its image's [H, W] {image.shape[:2]}"
-            )
-        return self._widen(mask)
 
-    def _widen(self, mask: np.ndarray) -> np.ndarray:
-        """The mask in a dtype that holds ignore_index (crops write it into padding)."""
-        if np.iinfo(mask.dtype).max < self.ignore_index:
-            return mask.astype(np.int32)
-        return mask
+class _Partners:
+    """Reads records by index as a batch through the gather and the (deterministic) ops before a mosaic."""
+
+    def __init__(self, gather: _Gather, operations: list):
+        self.gather, self.operations = gather, operations
+
+    def __call__(self, indices: np.ndarray) -> dict:
+        batch = self.gather.map(np.asarray(indices, np.int64))
+        del batch["_index"]  # Partners' records were checked as they were read; the batch's own are checked last.
+        for op in self.operations:
+            batch = op.map(batch)
+        return batch
 
 
 def _stack(values: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
@@ -180,14 +139,13 @@ def _stack(values: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
 
 
 class _Stacked(grain.transforms.Map):
-    """Checks that the transforms made every key one array and the mask ids valid; dtypes pass unchanged.
+    """Checks that the transforms made every key one array, then runs the target kind's check; dtypes pass unchanged.
 
-    Mask ids are checked here, after the transforms (map_mask may rename them):
-    each must be < num_classes or equal ignore_index.
+    The kind checks here, after the transforms (map_mask may rename mask ids).
     """
 
-    def __init__(self, split: str, name: str, num_classes: int | None, ignore_index: int):
-        self.split, self.name, self.num_classes, self.ignore_index = split, name, num_classes, ignore_index
+    def __init__(self, target: targets.TargetKind):
+        self.target = target
 
     def map(self, batch):
         for key, value in batch.items():
@@ -197,21 +155,8 @@ class _Stacked(grain.transforms.Map):
                     "eval_transforms with random_resized_crop(size=..), center_crop(size=..), resize(size=..) "
                     "or letterbox(size=..)"
                 )
-        if "_index" not in batch:
-            return batch
         batch = dict(batch)
-        indices = batch.pop("_index")
-        if self.num_classes is not None:
-            masks = batch["target"]
-            bad = ((masks < 0) | (masks >= self.num_classes)) & (masks != self.ignore_index)
-            if bad.any():
-                b = int(np.argmax(bad.reshape(len(bad), -1).any(axis=1)))
-                value = int(masks[b][bad[b]][0])
-                raise ConfigError(
-                    f"config.dataset.target_key: record {int(indices[b])} of split '{self.split}' of {self.name} "
-                    f"holds mask id {value}, not in [0, task.num_classes={self.num_classes}) nor "
-                    f"dataset.ignore_index={self.ignore_index}; remap ids with map_mask(ids=...)"
-                )
+        self.target.check_batch(batch, batch.pop("_index"))
         return batch
 
 
@@ -283,12 +228,13 @@ class Splits:
         self, config: ml_collections.ConfigDict, batch_size: int | None = None, num_classes: int | None = None
     ):
         self.config = config
-        # For mask and object targets: class ids must be below it (masks: or the ignore_index).
+        # The task's classes; a kind with bounded ids (targets.TargetKind.bounded_ids) checks its ids against them.
         self.num_classes = num_classes
         self._sources = {}
         self._statistics = None
         check_choice("dataset.eval_remainder", config.eval_remainder, ("pad", "drop"))
         _check_kinds(config)
+        self.target_kind = targets.kind_class(config)
         self.kinds = kinds(config)
         check_at_least("dataset.worker_count", config.worker_count, 0)
         check_at_least("dataset.prefetch_batches", config.prefetch_batches, 0)
@@ -332,7 +278,7 @@ class Splits:
             except (ValueError, KeyError) as error:  # tfds' unknown split names, empty splits.
                 raise ConfigError(
                     f"config.dataset.{key}='{split}' cannot be read from {self.config.name}: "
-                    f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+                    f"{type(error).__name__}: {first_line(error, 200)}"
                 ) from None
             if len(source) == 0:
                 raise ConfigError(f"config.dataset.{key}='{split}' of {self.config.name} holds no examples")
@@ -365,7 +311,8 @@ class Splits:
         """The grain ops that turn a batch of indices of `split` into a model-ready batch."""
         specs = transforms.parse(self.config.train_transforms if train else self.config.eval_transforms)
         statistics = self.statistics() if transforms.needs_statistics(specs) else None
-        gather = _Gather(self.source(split), self.config, split, self.num_classes)
+        target = self.target_kind(self.config, split, self.num_classes)
+        gather = _Gather(self.source(split), self.config, target)
         offset = jax.process_index() * (global_batch // jax.process_count()) if global_batch else 0
         ops = transforms.build(
             specs,
@@ -375,7 +322,11 @@ class Splits:
             kinds=self.kinds,
             ignore_index=self.config.ignore_index,
         )
-        checked = _Stacked(split, self.config.name, self.num_classes, self.config.ignore_index)
+        for i, op in enumerate(ops):
+            if isinstance(op, transforms.Mosaic):
+                # Partners are drawn from the whole split, read through the ops before the mosaic (not random).
+                op.partners, op.num_records = _Partners(gather, ops[:i]), len(self.source(split))
+        checked = _Stacked(target)
         return [gather, *ops, checked]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxdl.data import datasets, timeseries
-from jaxdl.errors import ConfigError
+from jaxdl.errors import ConfigError, check_at_least
 
 
 def check(config: ml_collections.ConfigDict, batch_size: int) -> None:
@@ -20,6 +20,9 @@ def check(config: ml_collections.ConfigDict, batch_size: int) -> None:
             f"config.dataset.name='{config.name}' is not a known dataset; choose one of: "
             f"{', '.join(datasets.LOCAL_BUILDERS)}, {datasets.CSV_DATASET}, or any tfds dataset name"
         )
+    # Time-series keys; another dataset ignores them, but a value no series could use is refused anywhere.
+    for key in ("lookback", "horizon"):
+        check_at_least(f"dataset.{key}", config[key], 1)
     if timeseries.is_series(config.name):
         timeseries.check(config, batch_size)  # Reads the series: a missing file or column stops here.
 

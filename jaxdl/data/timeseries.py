@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from jaxdl.data import datasets
-from jaxdl.errors import ConfigError
+from jaxdl.errors import ConfigError, first_line
 
 SPLITS = ("train", "validation", "test")
 
@@ -117,8 +117,7 @@ def read_csv_column(path: str, column: str) -> np.ndarray:
         # Strings throughout: every cell is checked below, with its row in the message.
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"config.dataset.path='{path}' is not a readable CSV file: {message}") from None
+        raise ConfigError(f"config.dataset.path='{path}' is not a readable CSV file: {first_line(error)}") from None
     names = [str(name) for name in table.columns]
     if not column:
         if len(names) != 1:
@@ -218,9 +217,6 @@ def window_source(config: ml_collections.ConfigDict, split: str) -> datasets.InM
 
 def check(dataset: ml_collections.ConfigDict, batch_size: int) -> None:
     """Raises ConfigError when a time-series dataset config cannot be built (before any compute)."""
-    for key in ("lookback", "horizon"):
-        if dataset[key] < 1:
-            raise ConfigError(f"config.dataset.{key}={dataset[key]} is not valid; it must be >= 1")
     for key in ("train_split", "val_split", "test_split"):
         if dataset[key] not in SPLITS and not (key == "val_split" and dataset[key] == ""):
             raise ConfigError(

@@ -27,8 +27,13 @@ ride along untouched:
   box_valid = 0 and coordinates 0; once 0 it stays 0. So after any chain, a
   valid box holds the centres of all of its object's mask pixels, and an
   invalid box has no mask pixels left. Per-box values (kind `box_classes`,
-  e.g. the class ids of a detection target) stay in their slots; only
-  `mosaic`, which gathers the boxes of four images, moves them with the boxes.
+  e.g. the class ids of a detection target or its crowd flags) stay in their
+  slots; only `mosaic`, which gathers the boxes of four images, moves them
+  with the boxes. A per-box area (kind `box_area`, the annotation's area that
+  COCO's small / medium / large ranges read) is a per-box value whose unit is
+  pixels squared: a resize scales it by the product of the two axes' scales,
+  as it scales its box's w*h; a crop or the edge clipping leaves it, as
+  pycocotools keeps an annotation's area whatever part of it is visible.
 - `label`, `sequence` and anything else: untouched by the geometric ops.
 
 `rescale`, `normalize` and `standardize` act on `input` only (features or
@@ -42,7 +47,7 @@ from __future__ import annotations
 import abc
 import ast
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grain
 import numpy as np
@@ -114,7 +119,8 @@ class RandomTransform(grain.transforms.RandomMap):
 
 
 IMAGE, MASK, BOXES, BOX_VALID, BOX_CLASSES = "image", "mask", "boxes", "box_valid", "box_classes"
-KINDS = (IMAGE, MASK, BOXES, BOX_VALID, BOX_CLASSES, "label", "sequence", "features", "other")
+BOX_AREA = "box_area"
+KINDS = (IMAGE, MASK, BOXES, BOX_VALID, BOX_CLASSES, BOX_AREA, "label", "sequence", "features", "other")
 DEFAULT_KINDS = {"input": IMAGE}
 
 
@@ -154,6 +160,9 @@ class Keyed:
                 out[valid_key] = keep.astype(valid.dtype)
                 visible = keep
             out[key] = np.where(visible[..., None], np.concatenate([lo, hi], axis=-1), 0).astype(np.float32)
+        for key in self.keys(batch, BOX_AREA):
+            factor = np.abs(np.prod(np.asarray(scale, np.float64), axis=1))[:, None]
+            out[key] = (np.asarray(batch[key], np.float64) * factor).astype(np.float32)
         return out
 
 
@@ -443,26 +452,35 @@ class MapMask(Keyed, grain.transforms.Map):
 
 
 class Mosaic(Keyed, RandomTransform):
-    """Four images of the batch in a 2 x 2 grid, cut back to one image's size at a random place.
+    """Four images in a 2 x 2 grid, cut back to one image's size at a random place.
 
     With probability `p` an example becomes the [2H, 2W] canvas of itself (top
-    left) and three other examples of the batch, drawn at random (top right,
-    bottom left, bottom right), cropped to [H, W] at a uniform random offset,
-    so the four meet at a uniform random point of the output (YOLOv4's mosaic,
-    as ultralytics trains YOLOv8 with it). The batch's images must be one array.
-    Masks follow their images. The four images' boxes are moved and clipped to
-    the crop; a box stays valid when its clipped width and height are >= 2
-    pixels and it keeps >= 10% of its area (the candidate rule ultralytics
-    applies after its mosaic), so a valid box may show only part of its object
-    and a dropped one may leave a sliver of pixels. Valid boxes come first in
-    grid order with their per-box values (`box_classes` kind); beyond the
-    slots of one image (max_boxes) the rest are dropped.
+    left) and three partner images (top right, bottom left, bottom right),
+    cropped to [H, W] at a uniform random offset, so the four meet at a uniform
+    random point of the output (YOLOv4's mosaic, as ultralytics trains YOLOv8
+    with it). The images must be one array. Masks follow their images. The four
+    images' boxes are moved and clipped to the crop; a box stays valid when its
+    clipped width and height are >= 2 pixels and it keeps >= 10% of its area
+    (the candidate rule ultralytics applies after its mosaic), so a valid box
+    may show only part of its object and a dropped one may leave a sliver of
+    pixels. Valid boxes come first in grid order with their per-box values
+    (kinds `box_classes`, `box_area`); beyond the slots of one image
+    (max_boxes) the rest are dropped.
 
-    Partners come from this process's part of the global batch, so with
-    several processes the mosaics differ from a one-process run's.
+    Partners are records of the whole split, drawn by record index as
+    ultralytics draws them from its dataset: `partners` (set by the pipeline,
+    jaxdl.data.pipeline) reads records by index through the transforms before
+    the mosaic, which must therefore not be random. The draws, like every
+    random transform's, are made for the global batch position of each example
+    (see RandomTransform), so any number of processes and devices sees the same
+    mosaics. Without `partners` (a batch transformed on its own) the partners
+    are other examples of the batch.
     """
 
     min_side, min_area_fraction = 2.0, 0.1
+    # Set by the pipeline: reads records [k] by index as a batch ready for the mosaic; and the split's size.
+    partners: Callable[[np.ndarray], dict] | None = None
+    num_records: int = 0
 
     def __init__(self, p: float = 1.0):
         if not 0 <= p <= 1:
@@ -473,17 +491,36 @@ class Mosaic(Keyed, RandomTransform):
         # apply?, three partner uniforms, crop offset uniforms (y, x).
         return rng.random((size, 6))
 
+    def _tiles(self, batch: dict, on: np.ndarray, uniforms: np.ndarray, n: int) -> tuple[dict, np.ndarray]:
+        """The images to draw from (the batch, then any partners read) and each example's four of them [n, 4]."""
+        tiles = np.tile(np.arange(n)[:, None], (1, 4))  # An example left as it was stands in for its partners.
+        if self.partners is None:
+            others = 1 + np.minimum((uniforms * (n - 1)).astype(np.int64), n - 2)
+            drawn = np.concatenate([np.arange(n)[:, None], (np.arange(n)[:, None] + others) % n], axis=1)
+            return batch, np.where(on[:, None], drawn, tiles)
+        chosen = np.flatnonzero(on)
+        if len(chosen) == 0:
+            return batch, tiles
+        records = np.minimum((uniforms[chosen] * self.num_records).astype(np.int64), self.num_records - 1)
+        read = self.partners(records.reshape(-1))
+        tiles[chosen, 1:] = n + np.arange(3 * len(chosen)).reshape(-1, 3)
+        moving = (IMAGE, MASK, BOXES, BOX_VALID, BOX_CLASSES, BOX_AREA)
+        pool = dict(batch)
+        for key in (key for kind in moving for key in self.keys(batch, kind)):
+            if not isinstance(read[key], np.ndarray) or read[key].shape[1:] != batch[key].shape[1:]:
+                raise ValueError(f"mosaic needs {key}s of one size; put a resizing transform before it")
+            pool[key] = np.concatenate([batch[key], read[key].astype(batch[key].dtype)])
+        return pool, tiles
+
     def apply(self, batch, params):
         images = batch[self.keys(batch, IMAGE)[0]] if self.keys(batch, IMAGE) else batch["input"]
         if not isinstance(images, np.ndarray):
             raise ValueError("mosaic needs images of one size; put a resizing transform before it")
         n, h, w = images.shape[:3]
-        if n < 2:
+        if n < 2 and self.partners is None:
             return batch
         on = params[:, 0] < self.p
-        others = 1 + np.minimum((params[:, 1:4] * (n - 1)).astype(np.int64), n - 2)
-        tiles = np.concatenate([np.arange(n)[:, None], (np.arange(n)[:, None] + others) % n], axis=1)  # [n, 4]
-        tiles = np.where(on[:, None], tiles, np.arange(n)[:, None])
+        pool, tiles = self._tiles(batch, on, params[:, 1:4], n)
         top = np.where(on, np.minimum((params[:, 4] * (h + 1)).astype(np.int64), h), 0)
         left = np.where(on, np.minimum((params[:, 5] * (w + 1)).astype(np.int64), w), 0)
         rows = (top[:, None] + np.arange(h))[:, :, None]  # Canvas rows and columns of each output pixel.
@@ -492,15 +529,15 @@ class Mosaic(Keyed, RandomTransform):
         source = np.take_along_axis(tiles, tile.reshape(n, -1), axis=1).reshape(n, h, w)
         out = dict(batch)
         for key in self.keys(batch, IMAGE) + self.keys(batch, MASK):
-            out[key] = batch[key][source, rows % h, cols % w]
+            out[key] = pool[key][source, rows % h, cols % w]
         quadrant = np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float32)  # (x, y) of each tile in the canvas.
         shift = quadrant[None] - np.stack([left, top], axis=1)[:, None, :].astype(np.float32)  # [n, 4, 2]
         for key in self.keys(batch, BOXES):
-            out.update(self._gather_boxes(batch, key, tiles, shift, (h, w), on))
+            out.update(self._gather_boxes(pool, key, tiles, shift, (h, w), on))
         return out
 
     def _gather_boxes(self, batch: dict, key: str, tiles: np.ndarray, shift: np.ndarray, hw, on: np.ndarray) -> dict:
-        n, g = batch[key].shape[:2]
+        n, g = len(tiles), batch[key].shape[1]
         boxes = batch[key][tiles] + np.tile(shift, 2)[:, :, None, :]  # [n, 4, g, 4]
         clipped = np.clip(boxes, 0, np.array([hw[1], hw[0]] * 2, np.float32))
         size, kept = boxes[..., 2:] - boxes[..., :2], clipped[..., 2:] - clipped[..., :2]
@@ -518,7 +555,7 @@ class Mosaic(Keyed, RandomTransform):
         out[key] = out[key].astype(np.float32)
         for valid_key in self.keys(batch, BOX_VALID):
             out[valid_key] = keep.astype(batch[valid_key].dtype)
-        for value_key in self.keys(batch, BOX_CLASSES):
+        for value_key in self.keys(batch, BOX_CLASSES) + self.keys(batch, BOX_AREA):
             values = batch[value_key][tiles].reshape(n, 4 * g)
             out[value_key] = np.where(keep, np.take_along_axis(values, order, axis=1), 0).astype(values.dtype)
         return out
@@ -774,6 +811,20 @@ def needs_statistics(specs: list[Spec]) -> bool:
     return any(spec.name == "standardize" for spec in specs)
 
 
+def output_size(specs: list[Spec]) -> tuple[int, int] | None:
+    """The (height, width) every image has after `specs`, set by their last resizing transform; None: the records'.
+
+    Every other transform keeps an image's size (random_crop pads and crops
+    back, mosaic cuts one image's size out of four), so a model's input size is
+    known here, before any record is read.
+    """
+    size = None
+    for spec in specs:
+        if spec.name in RESIZING:
+            size = _as_hw(REGISTRY[spec.name](**spec.kwargs).size)
+    return size
+
+
 def build(
     specs: list[Spec],
     statistics: Mapping[str, np.ndarray] | None = None,
@@ -812,5 +863,10 @@ def build(
             op.kinds, op.ignore_index = kinds, int(ignore_index)
         if isinstance(op, RandAugment | RandomErasing):
             _check_image_label(op, spec.name)  # Here, so a config with masks or boxes fails before any compute.
+        if isinstance(op, Mosaic):
+            # Partners are read through the ops before the mosaic; a random one would need draws for them too.
+            random = [s.name for s, o in zip(specs, ops, strict=False) if isinstance(o, RandomTransform)]
+            if random:
+                raise ValueError(f"mosaic must come before the random transforms ({', '.join(random)}); move it up")
         ops.append(op)
     return ops

@@ -30,7 +30,7 @@ validation held-out type goes to `validation`; every other chunk goes to
 The dictionary of the dictionary-based segmenters is the set of word types of the
 training chunks, so no held-out type is ever in it; test words outside it
 (held-out types and words that happen to occur in no training chunk) are the OOV
-words of `jaxdl.segment.score`.
+words of `jaxdl.wordseg.score`.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 - `boxes`: anchor points, DFL decoding, box conversions, IoU and CIoU;
 - `assigner`, `loss`: the task-aligned assigner and the YOLOv8/YOLO11 loss;
 - `yolov1`: the YOLOv1 paper's loss and decoding;
+- `heads`: a detector's output format as an object (its geometry, loss and decoding);
 - `nms`: class-aware greedy NMS and post-processing with fixed output sizes (jit);
 - `coco`: COCO box mAP on the host, equal to pycocotools.
 
@@ -23,12 +24,15 @@ from jaxdl.detection.boxes import (
     xyxy_to_xywh,
 )
 from jaxdl.detection.coco import coco_map
+from jaxdl.detection.heads import HEADS, DetectionHead, YOLOv1Head, YOLOv8Head
 from jaxdl.detection.loss import yolov8_loss
 from jaxdl.detection.nms import postprocess
 from jaxdl.detection.yolov1 import yolov1_decode, yolov1_loss
 
 __all__ = [
+    "HEADS",
     "Assignment",
+    "DetectionHead",
     "bbox2dist",
     "bbox_iou",
     "box_iou",
@@ -41,6 +45,8 @@ __all__ = [
     "task_aligned_assign",
     "xywh_to_xyxy",
     "xyxy_to_xywh",
+    "YOLOv1Head",
+    "YOLOv8Head",
     "yolov1_decode",
     "yolov1_loss",
     "yolov8_loss",

@@ -62,7 +62,11 @@ def dfl_expectation(raw_box: jax.Array, reg_max: int = 16) -> jax.Array:
     """Distances [..., 4] from distribution logits [..., 4 * reg_max] (channel = side * reg_max + bin).
 
     distance_side = sum_i i * softmax(logits_side)_i, in grid units, in [0, reg_max - 1].
+    With reg_max=1 there is no distribution: the four channels are the distances
+    (ultralytics' `Detect` then replaces its DFL by the identity).
     """
+    if reg_max == 1:
+        return raw_box
     logits = raw_box.reshape(*raw_box.shape[:-1], 4, reg_max)
     return jax.nn.softmax(logits, axis=-1) @ jnp.arange(reg_max, dtype=logits.dtype)
 

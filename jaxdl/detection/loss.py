@@ -13,7 +13,10 @@ S = max(sum q, 1) over the whole batch:
   -(w_l log p_l + w_r log p_r), p the softmax over the reg_max bins, the target
   distance d (grid units, clipped to [0, reg_max - 1 - 0.01]) split between its
   bins l = floor(d), r = l + 1 with weights w_l = r - d, w_r = d - l
-  (Distribution Focal Loss, https://arxiv.org/abs/2006.04388).
+  (Distribution Focal Loss, https://arxiv.org/abs/2006.04388). With reg_max=1
+  (distances predicted directly) this term is ultralytics' "l1" instead:
+  sum_{a in fg} w_a mean_side |d_pred - d_target| * stride / image side / S,
+  the side distances as fractions of the image's width (left, right) or height.
 
 The batch loss is gains . (box, cls, dfl) (ultralytics' hyperparameters box=7.5,
 cls=0.5, dfl=1.5); ultralytics back-propagates it times the batch size.
@@ -79,8 +82,8 @@ def yolov8_loss(
     Returns:
       per_example [B]: each example's share of the batch loss (its anchors' terms
         over the batch-wide S) times B, so per_example.mean() is the batch loss;
-      parts: {"box", "cls", "dfl"} batch values, each times its gain (ultralytics'
-        `loss_items`); their sum is the batch loss.
+      parts: {"box", "cls", "dfl"} ("l1" for "dfl" with reg_max=1) batch values, each
+        times its gain (ultralytics' `loss_items`); their sum is the batch loss.
 
     Gradients flow only through `raw`; a batch without any valid box has only the
     cls term (all anchors background).
@@ -118,14 +121,20 @@ def yolov8_loss(
     weight = target_scores.sum(axis=-1)  # [B, A], 0 on background
     ciou = bbox_iou(pred_boxes, target_boxes, ciou=True)
     box = jnp.where(fg, (1.0 - ciou) * weight, 0.0).sum(axis=-1)
-    target_dist = bbox2dist(points, target_boxes, reg_max - 1 - 0.01)
-    dfl = jnp.where(fg, dfl_loss(raw_box, target_dist, reg_max) * weight, 0.0).sum(axis=-1)
+    if reg_max > 1:
+        distance = dfl_loss(raw_box, bbox2dist(points, target_boxes, reg_max - 1 - 0.01), reg_max)
+    else:
+        # No bins to spread a target over: ultralytics compares the sides in fractions of the image.
+        height, width = (float(s) for s in image_hw)
+        scale = stride / jnp.asarray([width, height, width, height], jnp.float32)
+        distance = jnp.abs((raw_box - bbox2dist(points, target_boxes)) * scale).mean(axis=-1)
+    dfl = jnp.where(fg, distance * weight, 0.0).sum(axis=-1)
 
     box_gain, cls_gain, dfl_gain = (float(g) for g in gains)
     parts = {
         "box": box_gain * box.sum() / score_sum,
         "cls": cls_gain * cls.sum() / score_sum,
-        "dfl": dfl_gain * dfl.sum() / score_sum,
+        "dfl" if reg_max > 1 else "l1": dfl_gain * dfl.sum() / score_sum,
     }
     per_example = (box_gain * box + cls_gain * cls + dfl_gain * dfl) / score_sum * batch
     return per_example, parts

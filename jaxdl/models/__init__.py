@@ -4,7 +4,7 @@
 
 A family is one file that decorates its module class with `@register(name,
 **defaults)` (see `registry`); no list names the families. Modules that
-register nothing (`features`, `layers`, `registry`, `shapes`, `summary`) are imported too.
+register nothing (`features`, `layers`, `registry`, `summary`, `variables`) are imported too.
 `create_backbone(name)` builds a vision model that returns its feature maps
 ({stride: NHWC map}, see `features`) for decoders such as `unet_resnet34`.
 Import a family's class from its module, e.g. `jaxdl.models.resnet.ResNet`.
@@ -22,11 +22,12 @@ from jaxdl.models.registry import (
     model_accepts,
     model_class,
     model_defaults,
+    model_field_types,
     model_fields,
     register,
 )
-from jaxdl.models.shapes import abstract_variables, count_params, default_input_shape, input_dtype
 from jaxdl.models.summary import flops, summary
+from jaxdl.models.variables import abstract_variables, count_params, default_input_shape, input_dtype
 
 
 def _import_families() -> None:
@@ -54,6 +55,7 @@ __all__ = [
     "model_accepts",
     "model_class",
     "model_defaults",
+    "model_field_types",
     "model_fields",
     "register",
     "summary",

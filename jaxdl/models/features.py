@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 
 from jaxdl.models.registry import model_accepts, no_feature_maps, resolve_model
-from jaxdl.models.shapes import default_input_shape, input_dtype
+from jaxdl.models.variables import default_input_shape, input_dtype
 
 
 def resolve_backbone(name: str, **kwargs: Any) -> tuple[type[nn.Module], dict[str, Any]]:

@@ -16,6 +16,7 @@ them (see its `__init__`), so a new family is one new file.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -87,6 +88,16 @@ def model_defaults(name: str) -> dict[str, Any]:
 def model_fields(name: str) -> list[str]:
     """The sorted hyperparameter field names of model `name`."""
     return _fields(model_class(name))
+
+
+def model_field_types(name: str) -> dict[str, Any]:
+    """The hyperparameter fields of model `name` with their type annotations, resolved (typing.Any where unknown)."""
+    cls = model_class(name)
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # An annotation that does not resolve: its value is parsed as a literal.
+        hints = {}
+    return {field: hints.get(field, Any) for field in _fields(cls)}
 
 
 def model_accepts(name: str, field: str) -> bool:
@@ -205,6 +216,7 @@ __all__ = [
     "model_accepts",
     "model_class",
     "model_defaults",
+    "model_field_types",
     "model_fields",
     "non_negative",
     "no_feature_maps",

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl.models.registry import create_model
-from jaxdl.models.shapes import abstract_variables, count_params, default_input_shape
+from jaxdl.models.variables import abstract_variables, count_params, default_input_shape
 
 
 @dataclasses.dataclass

@@ -30,14 +30,15 @@ Output: `model.apply(variables, x, train=...)` for NHWC `x` [B, H, W, C] (H and 
 multiples of 32) is one float32 array [B, A, 4 * reg_max + num_outputs], in
 training and in evaluation alike. The A anchors are the cells of the stride-8,
 16 and 32 maps, level by level, row-major within a level (Ultralytics'
-`make_anchors` order; `anchor_points` lists them). Channel side * reg_max + bin
+`make_anchors` order, `jaxdl.detection.boxes.make_anchors` lists them). Channel side * reg_max + bin
 is the distribution logit of that side (left, top, right, bottom) and bin; the
 last num_outputs channels are the class logits. These are Ultralytics'
 `preds["boxes"]` and `preds["scores"]`, transposed; nothing is decoded here. A
 box decodes as its anchor centre ((x + 0.5) * stride, (y + 0.5) * stride) minus
 (left, top) and plus (right, bottom) the expected distances (softmax over the
-bins, times arange(reg_max)) times the stride. The classes declare this format
-as `detection_head = "yolov8"` (the detection task's `head`).
+bins, times arange(reg_max)) times the stride. `detection_head()` hands this
+format, with the model's reg_max and strides, to the detection task
+(`jaxdl.detection.heads.YOLOv8Head`, the task's `head="yolov8"`).
 
 Names: layer i of the yaml is `model_{i}` (torch `model.{i}`), with Ultralytics'
 submodule names (`cv1`, `cv2`, `m_{j}`, `attn`, `ffn_{k}`; each conv-BN is `conv`
@@ -69,8 +70,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxdl.detection.heads import YOLOv8Head
 from jaxdl.models import layers
 from jaxdl.models.registry import Check, at_least_one, positive, register
 
@@ -464,8 +465,6 @@ class _YOLO(nn.Module):
     dtype: Any = jnp.float32
 
     strides: ClassVar[tuple[int, ...]] = (8, 16, 32)
-    # The output format, as the detection task's `head` names it (the same for YOLOv8 and YOLO11).
-    detection_head: ClassVar[str] = "yolov8"
     checks: ClassVar[Mapping[str, Check]] = {
         "num_outputs": at_least_one,
         "depth_multiple": positive,
@@ -505,6 +504,10 @@ class _YOLO(nn.Module):
             specs.append(LayerSpec(index, layer, sources, inputs[0], out, repeats, self.uses_c3k(layer)))
             channels.append(out)
         return specs
+
+    def detection_head(self) -> YOLOv8Head:
+        """The output format with this model's geometry, for the detection task's loss and decoding."""
+        return YOLOv8Head(reg_max=self.reg_max, strides=self.strides)
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raises ValueError unless height and width are multiples of the deepest stride (32)."""
@@ -617,20 +620,6 @@ class YOLO11(_YOLO):
         return layer.kind == "c3k2" and (layer.c3k or self.c3k)
 
 
-def anchor_points(height: int, width: int, strides: Sequence[int] = (8, 16, 32)) -> tuple[np.ndarray, np.ndarray]:
-    """The anchors of a height x width input, in the models' output order: centres [A, 2] (x, y in pixels)
-    and strides [A].
-
-    A level's centres are ((x + 0.5) * stride, (y + 0.5) * stride), row-major (y major).
-    """
-    centres, scales = [], []
-    for stride in strides:
-        ys, xs = np.meshgrid(np.arange(height // stride), np.arange(width // stride), indexing="ij")
-        centres.append((np.stack([xs, ys], axis=-1).reshape(-1, 2) + 0.5) * stride)
-        scales.append(np.full(xs.size, stride))
-    return np.concatenate(centres).astype(np.float32), np.concatenate(scales).astype(np.float32)
-
-
 __all__ = [
     "Attention",
     "C2PSA",
@@ -643,6 +632,5 @@ __all__ = [
     "SPPF",
     "YOLO11",
     "YOLOv8",
-    "anchor_points",
     "class_prior_bias",
 ]

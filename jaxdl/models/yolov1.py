@@ -33,7 +33,8 @@ bottom), column j (left to right) of the grid over the image; its channels are
   - p_c: Pr(Class_c | Object), one set per cell, shared by its B boxes.
 All are raw linear outputs (no sigmoid or softmax, as in the paper).
 `jaxdl.detection.yolov1` holds the paper's loss and the decoder of this layout
-(the detection task's `head="yolov1"`, which the class declares as `detection_head`).
+(the detection task's `head="yolov1"`; `detection_head()` hands it, with the
+model's boxes_per_cell, to the task as a `jaxdl.detection.heads.YOLOv1Head`).
 
 Other backbones: `backbone="resnet18"` (any name of
 `jaxdl.models.list_backbones()`) replaces the 24 convs by that model built with
@@ -57,6 +58,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.detection.heads import YOLOv1Head
 from jaxdl.models import layers
 from jaxdl.models.features import resolve_backbone
 from jaxdl.models.registry import Check, at_least_one, positive, probability, register
@@ -138,9 +140,6 @@ class YOLOv1(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
 
-    # The output format a detection task decodes (`config.task.head`, see jaxdl.tasks.detection).
-    detection_head: ClassVar[str] = "yolov1"
-
     checks: ClassVar[Mapping[str, Check]] = {
         "num_outputs": at_least_one,
         "grid_size": positive,
@@ -158,6 +157,10 @@ class YOLOv1(nn.Module):
         if self.backbone:
             self.backbone_spec()
         super().__post_init__()
+
+    def detection_head(self) -> YOLOv1Head:
+        """The output format with this model's boxes per cell, for the detection task's loss and decoding."""
+        return YOLOv1Head(boxes_per_cell=self.boxes_per_cell)
 
     @property
     def cell_channels(self) -> int:

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxdl.errors import WorkdirError
+
 Arrays = tuple[np.ndarray, np.ndarray]  # (inputs, targets) of one split, as records hold them.
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePrediction:
+    """One image file put through a trained model: what `Task.describe_prediction` shows."""
+
+    path: Path  # The file; its stem names the pictures written for it.
+    image: np.ndarray  # [H, W, C] as read from the file, in the run's input dtype.
+    model_input: np.ndarray  # [h, w, C]: the image after the eval transforms, as the model saw it.
+    outputs: np.ndarray  # The model's raw outputs for this one image (no batch axis).
+    # (scale, shift), each [2] as (x, y): model_input pixel p is file pixel p * scale + shift.
+    to_image: tuple[np.ndarray, np.ndarray]
 
 
 class Task(abc.ABC):
@@ -27,14 +44,20 @@ class Task(abc.ABC):
     implements `host_values` and `host_metrics`.
 
     Besides loss and metrics a task declares, as class attributes the loop reads:
+    - `target_kinds`: the `config.dataset.target_kind`s it takes (registered in
+      jaxdl.data.targets); `jaxdl.tasks.build_task` refuses the others;
     - `metric_names`: what `finalize` reports (validation of `training.best_metric`);
     - `best_metric` and `maximized`: the validation metric that picks the best
       checkpoint unless the config names another, and which metrics grow when better;
     - `supports_soft_targets`: whether `soft_targets`/`soft_loss` exist (label
       smoothing, mixup, cutmix);
-    - `has_baseline`: whether `baseline` scores a reference method.
+    - `has_baseline`: whether `baseline` scores a reference method;
+    - `displays_predictions`: whether `describe_prediction` shows the outputs
+      for one image file (jaxdl-predict).
     """
 
+    # Plain arrays per example or per position; tasks whose targets are masks or objects override it.
+    target_kinds: tuple[str, ...] = ("label", "sequence")
     metric_names: tuple[str, ...] = ("loss",)
     best_metric: str = "loss"
     maximized: frozenset[str] = frozenset()
@@ -106,8 +129,17 @@ class Task(abc.ABC):
         """
         return self.prepare_targets(batch["target"])
 
-    # The output format a model must declare (its `detection_head` class attribute); None: any.
+    # The output format a model must give (the name of its `detection_head()`); None: any.
     model_output: str | None = None
+
+    def for_model(self, model: Any) -> Task:
+        """This task as it reads `model`'s outputs (detection: with the model's head); default: itself.
+
+        The task is built before the model, so whoever builds both binds them
+        (jaxdl.experiment.Experiment does).
+        """
+        del model
+        return self
 
     def transform_outputs(self, outputs: jax.Array, inputs: jax.Array) -> jax.Array:
         """The model's raw outputs as the quantity loss and metrics compare with targets (default: as is)."""
@@ -133,3 +165,25 @@ class Task(abc.ABC):
             return True
         name = metric.split("/", 1)[-1]
         return value > best if name in self.maximized else value < best
+
+    # Whether `describe_prediction` shows this task's outputs for one image (jaxdl-predict).
+    displays_predictions: bool = False
+
+    def describe_prediction(
+        self,
+        prediction: ImagePrediction,
+        out: Path,
+        *,
+        class_names: Sequence[str] | None = None,
+        top: int = 5,
+        score_threshold: float = 0.25,
+    ) -> dict:
+        """What jaxdl-predict reports for one image, as JSON fields; pictures of it are written under `out`.
+
+        `class_names` (by class id, None when the run does not know them) label
+        the classes; `top` is how many classes a classifier lists and
+        `score_threshold` the lowest score of a reported box; each task uses
+        what applies to it. Only where `displays_predictions`.
+        """
+        del prediction, out, class_names, top, score_threshold
+        raise WorkdirError(f"the {type(self).__name__} task has no prediction display; jaxdl-predict cannot show it")

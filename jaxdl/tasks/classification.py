@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from jaxdl.errors import check_at_least, check_fraction
-from jaxdl.tasks.base import Task
+from jaxdl.tasks.base import ImagePrediction, Task
 
 
 class Classification(Task):
@@ -73,3 +77,35 @@ class Classification(Task):
     def metrics(self, outputs: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
         accuracy = (self.predictions(outputs) == targets).astype(jnp.float32)
         return {"loss": self.loss(outputs, targets), "accuracy": accuracy}
+
+    displays_predictions = True
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """The class probabilities [K] of one example's outputs (float64; one logit gives P(class 1))."""
+        if self.binary:
+            p1 = float(1 / (1 + np.exp(-np.asarray(outputs, np.float64)[0])))
+            return np.array([1 - p1, p1])
+        logits = np.asarray(outputs, np.float64)
+        probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return probabilities / probabilities.sum(axis=-1, keepdims=True)
+
+    def describe_prediction(
+        self,
+        prediction: ImagePrediction,
+        out: Path,
+        *,
+        class_names: Sequence[str] | None = None,
+        top: int = 5,
+        score_threshold: float = 0.25,
+    ) -> dict:
+        """The `top` classes with their probabilities, most likely first (and their names where known)."""
+        del out, score_threshold
+        probabilities = self.probabilities(prediction.outputs)
+        order = np.argsort(-probabilities, kind="stable")[:top]
+        ranked = []
+        for k in order:
+            entry = {"class": int(k), "probability": float(probabilities[k])}
+            if class_names is not None:
+                entry["name"] = class_names[k]
+            ranked.append(entry)
+        return {"top": ranked}

@@ -2,11 +2,15 @@
 
 Targets are a batch's objects (`config.dataset.target_kind = "objects"`, see
 jaxdl.data.objects): class ids `target` [B, G], pixel boxes `boxes` [B, G, 4]
-(x0, y0, x1, y1) and `box_valid` [B, G]. `task.head` names the model's output
-format and so the loss and the decoding:
+(x0, y0, x1, y1) and `box_valid` [B, G], and where the dataset flags them
+`box_crowd` [B, G] (crowd regions: out of the loss, ignore regions for COCO)
+and `box_area` (the annotations' areas). `task.head` declares the model's output
+format (a name of `jaxdl.detection.heads.HEADS`), which the model must give. The
+loss and the decoding are the model's own head's (`model.detection_head()`, with
+its reg_max, strides or boxes per cell), which `for_model` binds to the task:
 
-- `yolov8` (YOLOv8, YOLO11): raw [B, A, 4 * 16 + C] over the anchor points of
-  strides 8, 16, 32; the loss is ultralytics' v8 detection loss (task-aligned
+- `yolov8` (YOLOv8, YOLO11): raw [B, A, 4 * reg_max + C] over the anchor points of
+  the model's strides; the loss is ultralytics' v8 detection loss (task-aligned
   assigner, CIoU, DFL, BCE; `jaxdl.detection.loss`), boxes are DFL-decoded;
 - `yolov1`: [B, S, S, 5 B + C]; the loss is the paper's sum-squared error
   (`jaxdl.detection.yolov1`), boxes are its cells' predictors.
@@ -16,8 +20,12 @@ Evaluation decodes the outputs, takes every (box, class) pair scoring above
 `task.iou_threshold` and keeps at most `task.max_detections` per image, all on
 device (`jaxdl.detection.nms`), as ultralytics validates. The host gathers every image's detections and
 objects, from every process, and scores them by the COCO protocol
-(`jaxdl.detection.coco`, equal to pycocotools): map50_95 (AP at IoU .50:.05:.95),
-map50 and map75. The best checkpoint is the one with the highest validation
+(`jaxdl.detection.coco`, equal to pycocotools): the twelve numbers of its
+summary, AP map50_95 (IoU .50:.05:.95), map50, map75, map_small, map_medium,
+map_large and AR mar_1, mar_10, mar_100, mar_small, mar_medium, mar_large
+(-1 where a range has no objects), with crowds as ignore regions and the
+annotations' areas deciding the size ranges (default w*h, in the evaluated
+image's pixels). The best checkpoint is the one with the highest validation
 map50_95. Each image's loss is its share of the batch loss (see the losses):
 under jit the batch is the global batch; under pmap each device's shard, as
 ultralytics normalises per GPU under DDP.
@@ -25,7 +33,10 @@ ultralytics normalises per GPU under DDP.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import flax.struct
 import jax
@@ -33,15 +44,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl.detection import boxes as box_ops
-from jaxdl.detection import yolov1
-from jaxdl.detection.coco import coco_map
-from jaxdl.detection.loss import yolov8_loss
+from jaxdl.detection.coco import STAT_NAMES, coco_map
+from jaxdl.detection.heads import HEADS, DetectionHead
 from jaxdl.detection.nms import postprocess
-from jaxdl.errors import ConfigError, check_at_least, check_choice, check_fraction
-from jaxdl.tasks.base import Task
-
-HEADS = ("yolov8", "yolov1")
+from jaxdl.errors import check_at_least, check_choice, check_fraction
+from jaxdl.tasks.base import ImagePrediction, Task
 
 
 @flax.struct.dataclass
@@ -53,11 +60,16 @@ class Outputs:
 
 
 class Detection(Task):
-    """Detection of `num_classes` classes with a `head` of HEADS (see the module)."""
+    """Detection of `num_classes` classes from a model whose output format is `head` (see the module).
 
+    Loss and decoding need the model's head: `for_model(model)` (or `with_head`)
+    returns the task bound to it.
+    """
+
+    target_kinds = ("objects",)
     best_metric = "map50_95"
-    maximized = frozenset({"map50_95", "map50", "map75"})
-    metric_names = ("loss", "map50_95", "map50", "map75")
+    maximized = frozenset(STAT_NAMES)
+    metric_names = ("loss", *STAT_NAMES)
     host_evaluator = True
 
     def __init__(
@@ -72,20 +84,16 @@ class Detection(Task):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got '{head}'")
+            raise ValueError(f"head must be one of {sorted(HEADS)}, got '{head}'")
         self.num_classes, self.head = int(num_classes), head
         self.score_threshold, self.iou_threshold = float(score_threshold), float(iou_threshold)
         self.max_detections = int(max_detections)
+        self.model_head: DetectionHead | None = None
 
     @classmethod
     def from_config(cls, task: ml_collections.ConfigDict, dataset: ml_collections.ConfigDict) -> Detection:
-        if dataset.target_kind != "objects":
-            raise ConfigError(
-                f"config.task.name='detection' needs objects as targets: set config.dataset.target_kind='objects' "
-                f"(it is '{dataset.target_kind}')"
-            )
         check_at_least("task.num_classes", task.num_classes, 1)
-        check_choice("task.head", task.head, HEADS)
+        check_choice("task.head", task.head, sorted(HEADS))
         check_fraction("task.score_threshold", task.score_threshold)
         check_fraction("task.iou_threshold", task.iou_threshold)
         check_at_least("task.max_detections", task.max_detections, 1)
@@ -103,33 +111,50 @@ class Detection(Task):
 
     @property
     def model_output(self) -> str:
-        """The output format the model must declare (its `detection_head`)."""
+        """The output format the model must give (the name of its `detection_head()`)."""
         return self.head
 
+    def with_head(self, head: DetectionHead) -> Detection:
+        """This task with `head`'s loss and decoding; `head` must be of the declared format."""
+        if head.name != self.head:
+            raise ValueError(f"the task decodes '{self.head}' outputs, not the '{head.name}' of {head}")
+        bound = copy.copy(self)
+        bound.model_head = head
+        return bound
+
+    def for_model(self, model: Any) -> Detection:
+        """This task bound to `model`'s head (its reg_max, strides or boxes per cell)."""
+        return self.with_head(model.detection_head())
+
+    @property
+    def _head(self) -> DetectionHead:
+        if self.model_head is None:
+            raise RuntimeError("the detection task has no model head yet: use task.for_model(model)")
+        return self.model_head
+
     def targets(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        return {
+        truth = self._truth(batch)
+        # The loss learns objects only: a crowd region is no box to regress (ultralytics drops crowds too).
+        return {"boxes": truth["boxes"], "classes": truth["classes"], "valid": truth["valid"] & ~truth["crowd"]}
+
+    def _truth(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Every annotated box with its crowd flag and, where the dataset has them, areas (COCO's ground truth)."""
+        valid = jnp.asarray(batch["box_valid"]) > 0
+        truth = {
             "boxes": jnp.asarray(batch["boxes"], jnp.float32),
             "classes": jnp.asarray(batch["target"]).astype(jnp.int32),
-            "valid": jnp.asarray(batch["box_valid"]) > 0,
+            "valid": valid,
+            "crowd": jnp.asarray(batch["box_crowd"]) > 0 if "box_crowd" in batch else jnp.zeros_like(valid),
         }
+        if "box_area" in batch:
+            truth["area"] = jnp.asarray(batch["box_area"], jnp.float32)
+        return truth
 
     def transform_outputs(self, outputs: jax.Array, inputs: jax.Array) -> Outputs:
         return Outputs(outputs, tuple(int(n) for n in inputs.shape[1:3]))
 
     def _loss(self, outputs: Outputs, targets: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
-        if self.head == "yolov8":
-            return yolov8_loss(outputs.raw, targets, outputs.image_hw, num_classes=self.num_classes)
-        return yolov1.yolov1_loss(
-            outputs.raw,
-            targets,
-            outputs.image_hw,
-            num_classes=self.num_classes,
-            boxes_per_cell=self._boxes_per_cell(outputs),
-        )
-
-    def _boxes_per_cell(self, outputs: Outputs) -> int:
-        """YOLOv1's B, from its channels 5 B + C."""
-        return (outputs.raw.shape[-1] - self.num_classes) // 5
+        return self._head.loss(outputs.raw, targets, outputs.image_hw, num_classes=self.num_classes)
 
     def loss(self, outputs: Outputs, targets: Mapping[str, jax.Array]) -> jax.Array:
         return self._loss(outputs, targets)[0]
@@ -147,15 +172,7 @@ class Detection(Task):
 
     def decode(self, outputs: Outputs) -> tuple[jax.Array, jax.Array]:
         """Every candidate box [B, N, 4] (x0, y0, x1, y1 in pixels, clipped to the image) and its scores [B, N, C]."""
-        if self.head == "yolov8":
-            boxes, scores = box_ops.decode(outputs.raw, outputs.image_hw)
-        else:
-            boxes, scores = yolov1.yolov1_decode(
-                outputs.raw,
-                outputs.image_hw,
-                num_classes=self.num_classes,
-                boxes_per_cell=self._boxes_per_cell(outputs),
-            )
+        boxes, scores = self._head.decode(outputs.raw, outputs.image_hw, num_classes=self.num_classes)
         h, w = outputs.image_hw
         return jnp.clip(boxes, 0, jnp.asarray([w, h, w, h], boxes.dtype)), scores
 
@@ -178,7 +195,7 @@ class Detection(Task):
 
     def host_values(self, outputs: Outputs, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         found = self.detections(outputs, multi_label=True)
-        truth = self.targets(batch)
+        truth = self._truth(batch)
         return {
             **{f"pred_{k}": v for k, v in found.items()},
             **{f"true_{k}": v for k, v in truth.items()},
@@ -188,3 +205,39 @@ class Detection(Task):
         predictions = {k[len("pred_") :]: v for k, v in values.items() if k.startswith("pred_")}
         truth = {k[len("true_") :]: v for k, v in values.items() if k.startswith("true_")}
         return coco_map(predictions, truth)
+
+    displays_predictions = True
+
+    def describe_prediction(
+        self,
+        prediction: ImagePrediction,
+        out: Path,
+        *,
+        class_names: Sequence[str] | None = None,
+        top: int = 5,
+        score_threshold: float = 0.25,
+    ) -> dict:
+        """The kept boxes scoring >= `score_threshold`, in the file's pixels; draws them in OUT/<stem>_boxes.png.
+
+        Boxes found on the model's input are taken back to the file through
+        `prediction.to_image` (the eval transforms' resize or letterbox undone).
+        """
+        from jaxdl import display
+
+        del top
+        model_input = np.asarray(prediction.model_input)[None]
+        found = self.detections(self.transform_outputs(jnp.asarray(prediction.outputs)[None], model_input))
+        found = {k: np.asarray(v)[0] for k, v in found.items()}
+        keep = found["valid"] & (found["scores"] >= score_threshold)
+        scale, shift = prediction.to_image
+        h, w = prediction.image.shape[:2]
+        boxes = np.clip(found["boxes"][keep] * np.tile(scale, 2) + np.tile(shift, 2), 0, [w, h, w, h])
+        detections = []
+        for box, c, p in zip(boxes, found["classes"][keep], found["scores"][keep], strict=True):
+            detection = {"class": int(c), "score": round(float(p), 4), "box": [round(float(v), 2) for v in box]}
+            if class_names is not None:
+                detection["name"] = display.label(int(c), class_names)
+            detections.append(detection)
+        boxes_path = out / f"{prediction.path.stem}_boxes.png"
+        display.draw_boxes(prediction.image, detections, self.num_classes, class_names).save(boxes_path)
+        return {"detections": detections, "boxes_image": str(boxes_path)}

@@ -21,7 +21,8 @@ The best checkpoint is the one with the highest validation mIoU.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,13 +30,15 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxdl import display
 from jaxdl.errors import ConfigError, check_at_least
-from jaxdl.tasks.base import Task
+from jaxdl.tasks.base import ImagePrediction, Task
 
 
 class Segmentation(Task):
     """Per-pixel classification into `num_classes` classes; `ignore_index` marks unlabelled pixels."""
 
+    target_kinds = ("mask",)
     best_metric = "miou"
     maximized = frozenset({"pixel_accuracy", "miou", "dice"})
 
@@ -59,11 +62,6 @@ class Segmentation(Task):
 
     @classmethod
     def from_config(cls, task: ml_collections.ConfigDict, dataset: ml_collections.ConfigDict) -> Segmentation:
-        if dataset.target_kind != "mask":
-            raise ConfigError(
-                f"config.task.name='segmentation' needs masks as targets: set config.dataset.target_kind='mask' "
-                f"(it is '{dataset.target_kind}')"
-            )
         check_at_least("task.num_classes", task.num_classes, 2)
         check_at_least("task.dice_weight", task.dice_weight, 0)
         try:
@@ -136,6 +134,36 @@ class Segmentation(Task):
 
     def finalize_sums(self, totals: Mapping[str, np.ndarray]) -> dict[str, float]:
         return {"loss": float(totals["loss"]) / float(totals["count"]), **confusion_metrics(totals["confusion"])}
+
+    displays_predictions = True
+
+    def describe_prediction(
+        self,
+        prediction: ImagePrediction,
+        out: Path,
+        *,
+        class_names: Sequence[str] | None = None,
+        top: int = 5,
+        score_threshold: float = 0.25,
+    ) -> dict:
+        """Writes OUT/<stem>_mask.png (each pixel's class id) and OUT/<stem>_overlay.png; reports pixels per class."""
+        from PIL import Image
+
+        del class_names, top, score_threshold
+        mask = np.argmax(prediction.outputs, axis=-1).astype(np.uint8)
+        image = prediction.image
+        # The overlay is drawn on the image the model saw (after crops and resizes), at the mask's size.
+        shown = image if image.shape[:2] == mask.shape else display.display_image(prediction.model_input)
+        stem = prediction.path.stem
+        mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
+        Image.fromarray(mask).save(mask_path)
+        Image.fromarray(display.overlay(shown, mask, self.num_classes)).save(overlay_path)
+        counts = np.bincount(mask.reshape(-1), minlength=self.num_classes)
+        return {
+            "mask": str(mask_path),
+            "overlay": str(overlay_path),
+            "pixels_per_class": {str(k): int(c) for k, c in enumerate(counts)},
+        }
 
 
 def confusion_metrics(confusion: np.ndarray) -> dict[str, float]:

@@ -1,12 +1,13 @@
-"""Word segmentation: dictionary-based maximal matching, a learned tagger, word-level scores.
+"""Word segmentation (`wordseg`): dictionary-based maximal matching, a learned tagger, word-level scores.
 
 Thai is written without spaces between words. A dictionary-based segmenter can
 only produce words of its dictionary, so it breaks every out-of-vocabulary (OOV)
-word into pieces; a character tagger (`configs/segment_bilstm.py`) learns where
-words start and can place boundaries around words it has never seen.
+word into pieces; a character tagger (`configs/wordseg_bilstm.py`) learns where
+words start and can place boundaries around words it has never seen. (Image
+segmentation, a class per pixel, is `jaxdl.tasks.segmentation`.)
 
-  jaxdl-segment --workdir=runs/segment "ภาษาไทยเขียนติดกัน"
-  jaxdl-segment --workdir=runs/segment --dictionary "ภาษาไทยเขียนติดกัน"
+  jaxdl-wordseg --workdir=runs/wordseg "ภาษาไทยเขียนติดกัน"
+  jaxdl-wordseg --workdir=runs/wordseg --dictionary "ภาษาไทยเขียนติดกัน"
 
 prints the tagger's words separated by " | " (with `--dictionary`, a `tagger:`
 line and a `dictionary:` line, the latter by maximal matching over the
@@ -213,22 +214,16 @@ def format_table(rows: Mapping[str, Mapping[str, Counts]]) -> str:
 
 
 class Tagger:
-    """The character tagger of a trained workdir (best checkpoint, else the latest)."""
+    """The character tagger of a trained workdir (best checkpoint, else the latest); `run` is its TrainedRun."""
 
     def __init__(self, workdir: str | Path, batch_size: int = 256):
-        import jax
+        # Imported here: the dictionary segmenters and a flag error need no JAX start-up.
+        from jaxdl.tasks import Tagging
+        from jaxdl.trained import TrainedRun
 
-        from jaxdl import checkpoint, configuration, experiment, tasks
-        from jaxdl.errors import WorkdirError
-
-        workdir = Path(workdir)
-        self.config = configuration.read_config(workdir / "config.json")
-        if self.config.task.name != "tagging":
-            raise WorkdirError(f"{workdir} was trained for task '{self.config.task.name}', not 'tagging'")
-        self.model = experiment.build_model(self.config, tasks.build_task(self.config))
-        self.variables, self.step = checkpoint.restore_variables(workdir)
+        self.run = TrainedRun.open(workdir, task_type=Tagging)
+        self.step = self.run.step  # Restored now: a workdir without a checkpoint stops here.
         self.batch_size = batch_size
-        self._apply = jax.jit(lambda variables, x: self.model.apply(variables, x, train=False))
 
     def tags(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Predicted tags (1: a word starts) of each text's characters."""
@@ -242,7 +237,7 @@ class Tagger:
             ids = np.zeros((self.batch_size, width), np.int32)
             for row, text in enumerate(batch):
                 ids[row, : len(text)] = ws.encode(text)
-            predicted = np.asarray(np.argmax(self._apply(self.variables, ids), axis=-1))
+            predicted = np.asarray(np.argmax(self.run.outputs(ids), axis=-1))
             result.extend(predicted[row, : len(text)] for row, text in enumerate(batch))
         return result
 
@@ -258,14 +253,14 @@ def training_dictionary() -> Dictionary:
     return Dictionary(ws.load_corpus().dictionary)
 
 
-def segment_cli(argv: Sequence[str] | None = None) -> int:
-    """Entry point of jaxdl-segment: prints each text cut into words."""
+def wordseg_cli(argv: Sequence[str] | None = None) -> int:
+    """Entry point of jaxdl-wordseg: prints each text cut into words."""
     parser = argparse.ArgumentParser(
-        prog="jaxdl-segment",
+        prog="jaxdl-wordseg",
         description="Cut text into words with a trained character tagger (and, with --dictionary, maximal matching).",
     )
     parser.add_argument("texts", nargs="*", help="texts to segment (default: one per line of standard input)")
-    parser.add_argument("--workdir", help="workdir of a run with task 'tagging' (e.g. configs/segment_bilstm.py)")
+    parser.add_argument("--workdir", help="workdir of a run with task 'tagging' (e.g. configs/wordseg_bilstm.py)")
     parser.add_argument("--dictionary", action="store_true", help="also print maximal matching over the training words")
     parser.add_argument("--separator", default=" | ", help="printed between words (default ' | ')")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -275,8 +270,8 @@ def segment_cli(argv: Sequence[str] | None = None) -> int:
     texts = [t for t in texts if t]
     segmenters = {}
     if args.workdir is not None:
+        from jaxdl.cli import report
         from jaxdl.errors import UserError
-        from jaxdl.main import report
 
         try:
             tagger = Tagger(args.workdir)
@@ -293,5 +288,11 @@ def segment_cli(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def segment_cli(argv: Sequence[str] | None = None) -> int:
+    """Entry point of jaxdl-segment, the old name of jaxdl-wordseg (kept for one release): says so, then runs it."""
+    print("jaxdl-segment is now jaxdl-wordseg; the old name goes in the next release", file=sys.stderr)
+    return wordseg_cli(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(segment_cli())
+    sys.exit(wordseg_cli())

@@ -1,13 +1,13 @@
 """Word-level scores of dictionary segmentation and trained taggers on IV and OOV test words.
 
-  python experiments/segmentation_report.py --workdir runs/segment [--workdir runs/segment_gru] [--split test]
+  python experiments/wordseg_report.py --workdir runs/wordseg [--workdir runs/wordseg_gru] [--split test]
 
 Prints a markdown table: precision, recall and F1 over all words, and F1 and
 recall restricted to in-vocabulary and out-of-vocabulary words (definitions in
-jaxdl.segment.score). The dictionary is the set of words of the training split
+jaxdl.wordseg.score). The dictionary is the set of words of the training split
 of the word_segmentation dataset; the held-out test words are never in it.
 
-Measured (2-core CPU, shared; `jaxdl-train --config=configs/segment_bilstm.py`,
+Measured (2-core CPU, shared; `jaxdl-train --config=configs/wordseg_bilstm.py`,
 3 epochs, and `--config.model.name=gru`; test split: 2,689 chunks, 34,590 gold
 words, 2,682 of them out of vocabulary):
 
@@ -32,11 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 try:
-    from jaxdl import segment
+    from jaxdl import wordseg
 except ImportError:
     # Run from a checkout that is not pip-installed: the repository root is then missing from sys.path.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from jaxdl import segment
+    from jaxdl import wordseg
 
 from jaxdl.data import word_segmentation as ws  # noqa: E402
 
@@ -44,25 +44,25 @@ from jaxdl.data import word_segmentation as ws  # noqa: E402
 def report(workdirs: Sequence[str], split: str = "test") -> str:
     """The markdown table for `split`, one row per dictionary segmenter and per tagger workdir."""
     corpus = ws.load_corpus()
-    dictionary = segment.Dictionary(corpus.dictionary)
+    dictionary = wordseg.Dictionary(corpus.dictionary)
     gold = corpus.splits[split]
     texts = ["".join(words) for words in gold]
     rows = {}
-    for name, segmenter in segment.SEGMENTERS.items():
-        rows[f"dictionary ({name} matching)"] = segment.score(
+    for name, segmenter in wordseg.SEGMENTERS.items():
+        rows[f"dictionary ({name} matching)"] = wordseg.score(
             gold, [segmenter(t, dictionary) for t in texts], dictionary
         )
     for workdir in workdirs:
-        tagger = segment.Tagger(workdir)
-        label = f"tagger: {tagger.config.model.name} ({Path(workdir).name}, step {tagger.step})"
-        rows[label] = segment.score(gold, tagger.segment(texts), dictionary)
+        tagger = wordseg.Tagger(workdir)
+        label = f"tagger: {tagger.run.config.model.name} ({Path(workdir).name}, step {tagger.step})"
+        rows[label] = wordseg.score(gold, tagger.segment(texts), dictionary)
     counts = next(iter(rows.values()))
     summary = (
         f"{split}: {len(texts)} chunks, {counts['all'].gold} gold words, "
         f"{counts['oov'].gold} out of vocabulary ({counts['oov'].gold / counts['all'].gold:.1%}); "
         f"dictionary: {len(dictionary)} training words"
     )
-    return summary + "\n\n" + segment.format_table(rows)
+    return summary + "\n\n" + wordseg.format_table(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,12 +1,12 @@
 """Tests for word segmentation: the ORCHID corpus and its OOV split, dictionary segmenters,
-word-level scores, the tagging task, and a short train + `jaxdl-segment` run."""
+word-level scores, the tagging task, and a short train + `jaxdl-wordseg` run."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdl import experiment, segment, tasks
+from jaxdl import experiment, tasks, wordseg
 from jaxdl.data import datasets
 from jaxdl.data import word_segmentation as ws
 from tests import helpers
@@ -15,19 +15,19 @@ from tests import helpers
 
 
 def test_maximal_matching_prefers_fewest_words_where_longest_matching_is_greedy():
-    dictionary = segment.Dictionary(["ab", "abc", "cd", "e"])
+    dictionary = wordseg.Dictionary(["ab", "abc", "cd", "e"])
     # Longest matching takes "abc" and is left with an uncovered "d"; maximal matching
     # covers every character with dictionary words.
-    assert segment.longest_matching("abcd", dictionary) == ["abc", "d"]
-    assert segment.maximal_matching("abcd", dictionary) == ["ab", "cd"]
+    assert wordseg.longest_matching("abcd", dictionary) == ["abc", "d"]
+    assert wordseg.maximal_matching("abcd", dictionary) == ["ab", "cd"]
     # Fewest words among full covers; ties go to the longer first word.
-    assert segment.maximal_matching("abce", ["a", "b", "c", "e", "ab", "bc", "bce"]) == ["a", "bce"]
-    assert segment.maximal_matching("abc", ["a", "bc", "ab", "c"]) == ["ab", "c"]
+    assert wordseg.maximal_matching("abce", ["a", "b", "c", "e", "ab", "bc", "bce"]) == ["a", "bce"]
+    assert wordseg.maximal_matching("abc", ["a", "bc", "ab", "c"]) == ["ab", "c"]
 
 
 def test_unknown_characters_form_one_run_per_gap():
     dictionary = ["ไป", "มา", "กิน"]
-    for segmenter in (segment.maximal_matching, segment.longest_matching):
+    for segmenter in (wordseg.maximal_matching, wordseg.longest_matching):
         assert segmenter("ไปxyzมา", dictionary) == ["ไป", "xyz", "มา"]
         assert segmenter("xyz", dictionary) == ["xyz"]
         assert segmenter("", dictionary) == []
@@ -36,16 +36,16 @@ def test_unknown_characters_form_one_run_per_gap():
 
 def test_dictionary_segmentation_of_thai_and_its_oov_failure():
     dictionary = ["ภาษา", "ไทย", "ภาษาไทย", "เขียน", "ติด", "กัน", "ตา", "ตาก", "กลม", "ลม"]
-    assert segment.maximal_matching("ภาษาไทยเขียน", dictionary) == ["ภาษาไทย", "เขียน"]
+    assert wordseg.maximal_matching("ภาษาไทยเขียน", dictionary) == ["ภาษาไทย", "เขียน"]
     # "ตากลม" is both ตาก|ลม and ตา|กลม: two words either way, the longer first word wins.
-    assert segment.maximal_matching("ตากลม", dictionary) == ["ตาก", "ลม"]
+    assert wordseg.maximal_matching("ตากลม", dictionary) == ["ตาก", "ลม"]
     # "ติดกัน" (adjacent) is not in the dictionary: both segmenters cut it into the
     # dictionary words it contains, so the gold word is never recovered.
     gold = ["ภาษาไทย", "เขียน", "ติดกัน"]
-    for segmenter in (segment.maximal_matching, segment.longest_matching):
+    for segmenter in (wordseg.maximal_matching, wordseg.longest_matching):
         predicted = segmenter("".join(gold), dictionary)
         assert predicted == ["ภาษาไทย", "เขียน", "ติด", "กัน"]
-        counts = segment.score([gold], [predicted], dictionary)
+        counts = wordseg.score([gold], [predicted], dictionary)
         assert counts["oov"].gold == 1 and counts["oov"].correct == 0
         assert counts["iv"].recall == 1.0
 
@@ -57,7 +57,7 @@ def test_word_scores_match_a_hand_computed_case():
     dictionary = {"a", "b", "ab", "e"}
     gold = [["ab", "cd", "e"], ["xy"]]
     predicted = [["a", "b", "cd", "e"], ["xy"]]
-    counts = segment.score(gold, predicted, dictionary)
+    counts = wordseg.score(gold, predicted, dictionary)
     # Correct: cd, e and xy. Predicted: a b cd e xy; gold: ab cd e xy.
     assert (counts["all"].correct, counts["all"].predicted, counts["all"].gold) == (3, 5, 4)
     assert counts["all"].precision == pytest.approx(3 / 5)
@@ -70,11 +70,11 @@ def test_word_scores_match_a_hand_computed_case():
     assert (counts["oov"].correct, counts["oov"].predicted, counts["oov"].gold) == (2, 2, 2)
     assert counts["oov"].f1 == 1.0
     # A word is right only if both boundaries match: shifting one boundary loses two words.
-    shifted = segment.score([["abc", "de"]], [["ab", "cde"]], dictionary)["all"]
+    shifted = wordseg.score([["abc", "de"]], [["ab", "cde"]], dictionary)["all"]
     assert (shifted.correct, shifted.f1) == (0, 0.0)
     with pytest.raises(ValueError, match="different texts"):
-        segment.score([["ab"]], [["a", "c"]], dictionary)
-    table = segment.format_table({"x": counts})
+        wordseg.score([["ab"]], [["a", "c"]], dictionary)
+    table = wordseg.format_table({"x": counts})
     assert table.splitlines()[2].startswith("| x | 0.6000 | 0.7500 |")
 
 
@@ -83,10 +83,10 @@ def test_tags_and_words_round_trip():
     text = "".join(words)
     tags = ws.tags_of(words)
     assert tags.tolist() == [1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0]
-    assert segment.words_from_tags(text, tags) == words
+    assert wordseg.words_from_tags(text, tags) == words
     # The first character always starts a word, whatever its tag.
-    assert segment.words_from_tags("abc", [0, 1, 0]) == ["a", "bc"]
-    assert segment.spans(words) == [(0, 7), (7, 8), (8, 11), (11, 17)]
+    assert wordseg.words_from_tags("abc", [0, 1, 0]) == ["a", "bc"]
+    assert wordseg.spans(words) == [(0, 7), (7, 8), (8, 11), (11, 17)]
     ids = ws.encode(text + "é")
     assert ids.dtype == np.uint8 and ids.max() < ws.VOCAB_SIZE and ids.min() >= ws.UNKNOWN_ID
     assert ids[-1] == ws.UNKNOWN_ID
@@ -161,10 +161,10 @@ def test_test_split_holds_oov_words_that_never_reach_the_dictionary(corpus):
 
 
 def test_dictionary_segmenter_fails_on_held_out_words(corpus):
-    dictionary = segment.Dictionary(corpus.dictionary)
+    dictionary = wordseg.Dictionary(corpus.dictionary)
     gold = corpus.splits["test"][:300]
-    predicted = [segment.maximal_matching("".join(words), dictionary) for words in gold]
-    counts = segment.score(gold, predicted, dictionary)
+    predicted = [wordseg.maximal_matching("".join(words), dictionary) for words in gold]
+    counts = wordseg.score(gold, predicted, dictionary)
     assert counts["oov"].gold > 20
     assert counts["oov"].recall < 0.1 < 0.8 < counts["iv"].recall
 
@@ -206,7 +206,7 @@ def _reference(logits, targets):
 
 
 def test_tagging_task_masks_padding():
-    task = tasks.build_task(helpers.config("segment_bilstm"))
+    task = tasks.build_task(helpers.config("wordseg_bilstm"))
     assert isinstance(task, tasks.Tagging) and task.num_outputs == 2
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4, 7, 2)).astype(np.float32) * 3
@@ -231,9 +231,9 @@ def test_tagging_task_masks_padding():
         tasks.Tagging(num_classes=1)
 
 
-def test_segment_config_validates_and_has_the_agreed_shapes():
+def test_wordseg_config_validates_and_has_the_agreed_shapes():
     for name in ("lstm", "gru"):
-        config = helpers.config("segment_bilstm", model__name=name)
+        config = helpers.config("wordseg_bilstm", model__name=name)
         run = experiment.Experiment(config)
         model = run.model
         assert run.sample_input.dtype == np.uint8  # Character ids stay integers through the pipeline.
@@ -246,12 +246,12 @@ def test_segment_config_validates_and_has_the_agreed_shapes():
 # --- end to end --------------------------------------------------------------------
 
 
-def test_short_training_then_segment_cli(tmp_path, capsys):
+def test_short_training_then_wordseg_cli(tmp_path, capsys):
     from jaxdl import train
 
     workdir = tmp_path / "run"
     config = helpers.config(
-        "segment_bilstm",
+        "wordseg_bilstm",
         model__kwargs=f"{{'vocab_size': {ws.VOCAB_SIZE}, 'embed_dim': 8, 'hidden_size': 8, "
         "'bidirectional': True, 'output': 'sequence'}",
         training__batch_size=64,
@@ -268,10 +268,10 @@ def test_short_training_then_segment_cli(tmp_path, capsys):
     capsys.readouterr()
 
     texts = ["ภาษาไทยเขียนติดกัน", "ประเทศไทยได้มีการปรับเปลี่ยนโครงสร้าง"]
-    assert segment.segment_cli([f"--workdir={workdir}", "--dictionary", *texts]) == 0
+    assert wordseg.wordseg_cli([f"--workdir={workdir}", "--dictionary", *texts]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
-    dictionary = segment.Dictionary(ws.load_corpus().dictionary)
+    dictionary = wordseg.Dictionary(ws.load_corpus().dictionary)
     # The tagger's line: the tags of the best checkpoint's model, recomputed here.
     params, step = helpers.saved_params(workdir, "best")
     assert step == result["best_step"]
@@ -288,17 +288,40 @@ def test_short_training_then_segment_cli(tmp_path, capsys):
         sure[0] = False  # The first character always starts a word.
         np.testing.assert_array_equal(ws.tags_of(words)[sure], np.argmax(logits, axis=-1)[sure])
         assert sure.sum() > len(text) // 2
-        assert dictionary_line[len("dictionary: ") :].split(" | ") == segment.maximal_matching(text, dictionary)
+        assert dictionary_line[len("dictionary: ") :].split(" | ") == wordseg.maximal_matching(text, dictionary)
 
-    assert segment.segment_cli([f"--workdir={tmp_path / 'missing'}", texts[0]]) == 2
+    assert wordseg.wordseg_cli([f"--workdir={tmp_path / 'missing'}", texts[0]]) == 2
     assert "no config.json" in capsys.readouterr().err
     # The dictionary alone needs no workdir and prints unlabelled lines.
-    assert segment.segment_cli(["--dictionary", "--separator=/", texts[0]]) == 0
-    assert capsys.readouterr().out == "/".join(segment.maximal_matching(texts[0], dictionary)) + "\n"
+    assert wordseg.wordseg_cli(["--dictionary", "--separator=/", texts[0]]) == 0
+    assert capsys.readouterr().out == "/".join(wordseg.maximal_matching(texts[0], dictionary)) + "\n"
     with pytest.raises(SystemExit):
-        segment.segment_cli([texts[0]])
+        wordseg.wordseg_cli([texts[0]])
 
     # The report scores the dictionary and the tagger on the same test words.
-    report = helpers.load_experiment("segmentation_report").report([str(workdir)], split="test")
+    report = helpers.load_experiment("wordseg_report").report([str(workdir)], split="test")
     rows = [line for line in report.splitlines() if line.startswith("| dictionary") or line.startswith("| tagger")]
     assert len(rows) == 3 and "run, step 4" in rows[-1]
+
+
+def test_the_old_name_jaxdl_segment_says_the_new_one_then_runs(capsys):
+    text = "ภาษาไทยเขียนติดกัน"
+    assert wordseg.segment_cli(["--dictionary", "--separator=/", text]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "jaxdl-segment is now jaxdl-wordseg; the old name goes in the next release"
+    ]
+    assert captured.out == "/".join(wordseg.maximal_matching(text, ws.load_corpus().dictionary)) + "\n"
+    # Both console scripts are declared: the new name and, for one release, the old one.
+    setup = (helpers.ROOT / "setup.py").read_text()
+    assert '"jaxdl-wordseg=jaxdl.wordseg:wordseg_cli"' in setup and '"jaxdl-segment=jaxdl.wordseg:segment_cli"' in setup
+
+
+def test_a_workdir_of_another_task_is_one_line(tmp_path, capsys):
+    workdir = tmp_path / "digits"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(helpers.tiny_cnn().to_json())
+    assert wordseg.wordseg_cli([f"--workdir={workdir}", "ภาษา"]) == 2
+    assert capsys.readouterr().err == (
+        f"jaxdl-wordseg: error: {workdir} was trained for task 'classification', not 'tagging'\n"
+    )

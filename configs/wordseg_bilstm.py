@@ -1,8 +1,8 @@
 """Thai word segmentation: a bidirectional LSTM tags each character as word start or not.
 
-  jaxdl-train --config=configs/segment_bilstm.py --workdir=runs/segment
-  jaxdl-segment --workdir=runs/segment --dictionary "ภาษาไทยเขียนติดกัน"
-  python experiments/segmentation_report.py --workdir runs/segment
+  jaxdl-train --config=configs/wordseg_bilstm.py --workdir=runs/wordseg
+  jaxdl-wordseg --workdir=runs/wordseg --dictionary "ภาษาไทยเขียนติดกัน"
+  python experiments/wordseg_report.py --workdir runs/wordseg
 
 Data: ORCHID Thai running text in 64-character chunks whose test split holds
 out-of-vocabulary words (see jaxdl.data.word_segmentation). The GRU variant is
