@@ -1,6 +1,8 @@
 """Test setup: 8 simulated CPU devices, an isolated data dir, and small shared helpers."""
 
+import inspect
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,11 +29,32 @@ os.environ["JAXDL_COMPILATION_CACHE_DIR"] = str(SHARED_DIR / "compilation")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import pytest  # noqa: E402
+
 
 def pytest_configure(config):
     """Registers the markers that select parts of the suite (`pytest -m "not slow"` while working)."""
     config.addinivalue_line("markers", "slow: an end-to-end training run or a test over 10 s on 2 cores")
     config.addinivalue_line("markers", "reference: compares with an installed reference (torch, ultralytics, ...)")
+
+
+# What a test body names when it compares with an installed reference implementation.
+_REFERENCES = re.compile(
+    r"\b(torch|torchvision|ultralytics|smp|segmentation_models_pytorch|pycocotools|COCOeval|faster_coco_eval"
+    r"|statsmodels|torch_reference)\b"
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `reference` every test whose body names a reference package, so none is forgotten."""
+    for item in items:
+        function = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(function) if function is not None else ""
+        except (OSError, TypeError):
+            continue
+        if _REFERENCES.search(source):
+            item.add_marker(pytest.mark.reference)
 
 
 def pytest_sessionfinish(session, exitstatus):

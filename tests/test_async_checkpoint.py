@@ -18,6 +18,8 @@ from jaxdl import train
 from jaxdl.checkpoint import Checkpoints, state_checksum
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # End-to-end runs; `-m "not slow"` leaves them out.
+
 # A checkpoint every step, so a kill at a random moment often lands inside a save.
 EVERY_STEP = dict(training__num_steps=20, training__checkpoint_every_steps=1, training__keep_checkpoints=3)
 

@@ -111,6 +111,7 @@ def test_auxiliary_outputs_add_weighted_losses():
     np.testing.assert_allclose(metrics["accuracy"], jnp.mean(jnp.argmax(main, -1) == y))
 
 
+@pytest.mark.slow
 def test_mixup_training_is_the_same_on_one_and_eight_devices(tmp_path):
     options = dict(augment__mixup_alpha=0.4, augment__cutmix_alpha=1.0, task__label_smoothing=0.1)
     one = train.train_and_evaluate(helpers.tiny_cnn(**options), tmp_path / "one")
@@ -145,6 +146,7 @@ def test_frozen_layers_keep_their_batch_statistics():
     np.testing.assert_array_equal(kept["bn_1"]["mean"], 1.0)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params(tmp_path):
     results = train.train_and_evaluate(helpers.tiny_cnn(dtype="bfloat16"), tmp_path)
     params, _ = helpers.saved_params(tmp_path)

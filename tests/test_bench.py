@@ -131,6 +131,7 @@ def test_bad_profile_steps_is_a_one_line_config_error(value, message, tmp_path):
     assert not (tmp_path / "profile").exists()
 
 
+@pytest.mark.slow
 def test_gpu_bench_runs_at_toy_sizes_on_the_cpu(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "JAXDL_BENCH_OUT": str(tmp_path), "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(

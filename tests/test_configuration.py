@@ -158,6 +158,7 @@ def test_config_saved_before_a_key_existed_reads_with_the_value_of_those_runs(tm
             node = node[part]
 
 
+@pytest.mark.slow
 def test_every_shipped_config_builds():
     """Every shipped config builds; those on shipped data build whole, data and mesh included."""
     from jaxdl import experiment

@@ -99,6 +99,7 @@ def test_mismatched_config_names_tensors() -> None:
         convert.from_torch(model, state, input_shape=(1, 32, 32, 3))
 
 
+@pytest.mark.slow
 def test_bfloat16_and_dropout() -> None:
     """bfloat16 compute keeps float32 params; training with dropout is deterministic per key and updates stats."""
     model = models.create_model("densenet_tiny", num_outputs=5, dtype=jnp.bfloat16, dropout_rate=0.3, cifar_stem=True)

@@ -294,6 +294,7 @@ def test_anchors_and_decode():
     np.testing.assert_allclose(np.asarray(boxes.bbox2dist(jnp.asarray([3.0, 4.0]), xyxy[0])), [2.0, 2.0, 2.0, 6.0])
 
 
+@pytest.mark.slow
 def test_jit_padding_and_empty_batch():
     rng = np.random.default_rng(0)
     image_hw, b = (64, 64), 2

@@ -14,6 +14,8 @@ from jaxdl.tasks.detection import Outputs
 from jaxdl.trained import TrainedRun
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # End-to-end runs; `-m "not slow"` leaves them out.
+
 SMALL = dict(
     dataset__split_sizes=(48, 16, 16),
     # letterbox is the identity on the 64 px shapes images; it lets jaxdl-predict take other sizes.

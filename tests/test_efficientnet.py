@@ -77,6 +77,7 @@ def test_stochastic_depth_rates_rise_linearly() -> None:
     assert [s.residual for s in specs] == [False, True, False, True]
 
 
+@pytest.mark.slow
 def test_matches_torchvision_logits() -> None:
     """Scaled-down torchvision EfficientNet (width 0.25, depth 0.5: expansion, SE, residual blocks) gives our logits."""
     torch_model = _torchvision_efficientnet(0.25, 0.5)

@@ -3,11 +3,13 @@
 import json
 
 import numpy as np
+import pytest
 
 from jaxdl import train
 from tests import helpers
 
 
+@pytest.mark.slow
 def test_tune_lstm_writes_table_and_figure_for_each_setting(tmp_path):
     tune = helpers.load_experiment("tune_lstm")
     code = tune.main(

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxdl import experiment, train
 from tests import helpers
@@ -13,6 +14,7 @@ def _init_params(cfg, key):
     return run, run.init_fn()(key)
 
 
+@pytest.mark.slow
 def test_init_draws_from_an_rbg_key_made_of_the_seeds_key_and_threefry_stays_available():
     key = jax.random.split(jax.random.key(0))[0]  # The trainer's init key for seed 0.
     run, state = _init_params(helpers.tiny_cnn(), key)
@@ -45,6 +47,7 @@ def test_fast_init_is_deterministic_and_the_same_on_one_and_eight_devices():
     assert not np.array_equal(one.params["conv_0"]["kernel"], other.params["conv_0"]["kernel"])
 
 
+@pytest.mark.slow
 def test_looped_vit_is_initialised_through_its_scanned_twin():
     """Fast init of a looped ViT: the scanned twin's init, unstacked; layers differ; threefry init unchanged."""
     from jaxdl import models

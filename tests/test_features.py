@@ -100,6 +100,7 @@ def test_models_without_feature_maps_say_so(name: str) -> None:
     assert not any(n.startswith("unet") for n in models.list_backbones())
 
 
+@pytest.mark.slow
 def test_resnet18_stride_32_map_is_what_the_classifier_pools() -> None:
     """logits = mean(features[32]) @ head + bias, with the classifier's own (real) init."""
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))

@@ -152,6 +152,7 @@ def test_state_dicts_with_or_without_aux_tensors() -> None:
         convert.from_torch(with_aux, without_aux, input_shape=shape)
 
 
+@pytest.mark.slow
 def test_tiny_bfloat16_and_aux_training() -> None:
     """googlenet_tiny in bfloat16: float32 params, one output in eval, (logits, aux1, aux2) in training with
     dropout that is deterministic per key."""

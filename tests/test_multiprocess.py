@@ -17,6 +17,8 @@ from jaxdl import train
 from jaxdl.data import datasets, pipeline
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # End-to-end runs; `-m "not slow"` leaves them out.
+
 LAUNCH_LOCAL = helpers.ROOT / "experiments" / "launch_local.py"
 LAUNCH_SLURM = helpers.ROOT / "experiments" / "launch_slurm.sh"
 

@@ -16,6 +16,8 @@ from tests import helpers
 from tests.test_detection_runs import _yolov8
 from tests.test_segmentation_runs import _shapes_unet
 
+pytestmark = pytest.mark.slow  # End-to-end runs; `-m "not slow"` leaves them out.
+
 
 def _eval(capsys, workdir, path) -> dict:
     """jaxdl-eval's printed metrics with --predictions=path."""

@@ -155,6 +155,7 @@ def test_converters_register_themselves() -> None:
     assert convert.register(resnet)(table[resnet]) is table[resnet]
 
 
+@pytest.mark.slow
 def test_abstract_variables_are_shapes_only() -> None:
     model = models.create_model("resnet_tiny", num_outputs=10)
     variables = models.abstract_variables(model, models.default_input_shape(model))

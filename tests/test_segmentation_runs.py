@@ -11,6 +11,8 @@ from jaxdl import checkpoint, experiment, predict, tasks, train
 from jaxdl.trained import TrainedRun
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # End-to-end runs; `-m "not slow"` leaves them out.
+
 SMALL = dict(
     dataset__split_sizes=(48, 16, 16),
     training__batch_size=8,

@@ -37,6 +37,7 @@ def test_one_step_on_mock_tfds_mnist(tmp_path):
     assert np.isfinite(results["test"]["loss"])
 
 
+@pytest.mark.slow
 def test_digits_default_reaches_97_percent(tmp_path):
     cfg = helpers.config("digits_cnn", parallel__num_devices=1)
     results = train.train_and_evaluate(cfg, tmp_path)
@@ -115,6 +116,7 @@ def test_jit_sharded_over_8_devices_matches_single_device(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_pmap_matches_jit(tmp_path):
     # Dropout off: pmap draws one mask per device, jit one for the global batch.
     kwargs = "{'features': (4, 8), 'dense_features': 16, 'dropout_rate': 0.0, 'use_batch_norm': True}"
@@ -221,6 +223,7 @@ def test_jaxdl_eval_reports_the_best_checkpoint(tmp_path):
     assert train.evaluate_workdir(tmp_path) == results["test"]
 
 
+@pytest.mark.slow
 def test_grain_worker_processes_from_the_command_line_give_the_same_numbers(tmp_path):
     """`python -m jaxdl.main` with a grain worker process equals an in-process pipeline."""
     overrides = dict(training__num_steps=4, training__eval_every_steps=0, training__checkpoint_every_steps=0)

@@ -8,6 +8,8 @@ import tensorflow_datasets as tfds
 from jaxdl import experiment, models, tasks, train
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # End-to-end runs; `-m "not slow"` leaves them out.
+
 # Shipped config -> the tiny variant of its family that the test trains instead.
 TINY = {
     "cifar10_resnet18": "resnet_tiny",

@@ -154,6 +154,7 @@ def _loss_and_grads(model: nn.Module, variables: dict) -> tuple:
     [(False, ("full", "dots_with_no_batch_dims_saveable")), (True, ("full", "dots_saveable"))],
     ids=["looped", "scanned"],
 )
+@pytest.mark.slow
 def test_remat_policies_give_the_loss_and_gradients_of_none(scan, policies):
     options = dict(scan_layers=scan, dropout_rate=0.1, stochastic_depth_rate=0.3)
     variables = _random_variables(_mini(**options))
@@ -166,6 +167,7 @@ def test_remat_policies_give_the_loss_and_gradients_of_none(scan, policies):
         helpers.assert_trees_close(remat_grads, grads, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_convnext_remat_gives_the_same_gradients():
     plain = models.create_model("convnext_mini", num_outputs=10)
     variables = _random_variables(plain)
@@ -193,6 +195,7 @@ def test_bad_remat_is_a_one_line_config_error(overrides, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_scanned_rematerialised_vit_trains_through_the_trainer(tmp_path):
     cfg, _ = _one_step("cifar10_vit_s_16")
     cfg.model.kwargs.scan_layers = True

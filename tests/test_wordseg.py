@@ -246,6 +246,7 @@ def test_wordseg_config_validates_and_has_the_agreed_shapes():
 # --- end to end --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_short_training_then_wordseg_cli(tmp_path, capsys):
     from jaxdl import train
 

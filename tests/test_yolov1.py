@@ -312,6 +312,7 @@ def test_decode_by_hand() -> None:
         yolov1_decode(jnp.asarray(out), (64, 128), num_classes=C, boxes_per_cell=3)
 
 
+@pytest.mark.slow
 def test_outputs_made_from_the_targets_score_map_1():
     """Targets written as YOLOv1 outputs, decoded, NMS'd and scored by the task: mAP 1 with one object per cell."""
     from jaxdl.tasks.detection import Detection, Outputs
