@@ -41,7 +41,7 @@ class CNN(nn.Module):
         k = self.kernel_size
         features = {}
         for i, feat in enumerate(self.features):
-            x = nn.Conv(
+            x = layers.Conv(
                 feat,
                 (k, k),
                 padding="SAME",

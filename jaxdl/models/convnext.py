@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.models.layers import StochasticDepth, remat, remat_policy
+from jaxdl.models.layers import Conv, StochasticDepth, remat, remat_policy
 from jaxdl.models.registry import Check, all_at_least_one, all_positive, positive, probability, register
 
 LAYER_NORM_EPSILON = 1e-6
@@ -42,7 +42,7 @@ class ConvNeXtBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """`x` plus the block's (scaled, randomly dropped in training) residual branch."""
         dim = x.shape[-1]
-        y = nn.Conv(
+        y = Conv(
             dim,
             (7, 7),
             padding=((3, 3), (3, 3)),
@@ -116,7 +116,7 @@ class ConvNeXt(nn.Module):
         """Logits of shape (batch, num_outputs) for NHWC images, or {stride: map} with `features_only`."""
         patch = 2 if self.cifar_stem else 4
         features, stride = {}, patch
-        x = nn.Conv(
+        x = Conv(
             self.widths[0],
             (patch, patch),
             strides=(patch, patch),
@@ -131,7 +131,7 @@ class ConvNeXt(nn.Module):
         for stage, (depth, width) in enumerate(zip(self.depths, self.widths, strict=True)):
             if stage > 0:
                 x = self._norm(f"downsample{stage - 1}_norm")(x)
-                x = nn.Conv(
+                x = Conv(
                     width,
                     (2, 2),
                     strides=(2, 2),

@@ -30,7 +30,7 @@ class _DenseLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = _batch_norm_relu(self, "norm1", x, train)
-        x = nn.Conv(
+        x = layers.Conv(
             self.bn_size * self.growth_rate,
             (1, 1),
             padding="VALID",
@@ -40,7 +40,7 @@ class _DenseLayer(nn.Module):
             name="conv1",
         )(x)
         x = _batch_norm_relu(self, "norm2", x, train)
-        x = nn.Conv(
+        x = layers.Conv(
             self.growth_rate,
             (3, 3),
             padding=((1, 1), (1, 1)),
@@ -88,7 +88,7 @@ class _Transition(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = _batch_norm_relu(self, "norm", x, train)
-        x = nn.Conv(
+        x = layers.Conv(
             self.features,
             (1, 1),
             padding="VALID",
@@ -172,7 +172,7 @@ class DenseNet(nn.Module):
             kernel, stride, padding = (3, 3), (1, 1), ((1, 1), (1, 1))
         else:
             kernel, stride, padding = (7, 7), (2, 2), ((3, 3), (3, 3))
-        x = nn.Conv(
+        x = layers.Conv(
             self.num_init_features,
             kernel,
             strides=stride,

@@ -132,9 +132,9 @@ class SqueezeExcitation(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """`x` scaled channel-wise by its gate."""
         scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-        scale = nn.Conv(self.squeeze_channels, (1, 1), dtype=self.dtype, name="fc1")(scale)
+        scale = layers.Conv(self.squeeze_channels, (1, 1), dtype=self.dtype, name="fc1")(scale)
         scale = nn.silu(scale)
-        scale = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="fc2")(scale)
+        scale = layers.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="fc2")(scale)
         return x * nn.sigmoid(scale)
 
 
@@ -148,7 +148,7 @@ class MBConv(nn.Module):
 
     def _conv_bn(self, x: jax.Array, features: int, kernel: int, stride: int, groups: int, name: str, train: bool):
         pad = kernel // 2
-        x = nn.Conv(
+        x = layers.Conv(
             features,
             (kernel, kernel),
             strides=(stride, stride),
@@ -256,7 +256,7 @@ class EfficientNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | dict[int, jax.Array]:
         """Logits of shape (batch, num_outputs) for NHWC images, or {stride: map} with `features_only`."""
         stride = 1 if self.cifar_stem else 2
-        x = nn.Conv(
+        x = layers.Conv(
             self.stem_channels(),
             (3, 3),
             strides=(stride, stride),
@@ -282,7 +282,7 @@ class EfficientNet(nn.Module):
             features[stride] = x
         if self.features_only:
             return features
-        x = nn.Conv(
+        x = layers.Conv(
             4 * specs[-1].out_channels,
             (1, 1),
             use_bias=False,

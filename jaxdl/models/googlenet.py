@@ -81,7 +81,7 @@ class BasicConv2d(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Applies the block to NHWC `x`."""
         p = self.padding
-        x = nn.Conv(
+        x = layers.Conv(
             self.features,
             (self.kernel, self.kernel),
             strides=(self.stride, self.stride),

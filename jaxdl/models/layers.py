@@ -1,13 +1,15 @@
-"""Layers shared by several model families: torch-style BatchNorm, Kaiming init, stochastic depth, remat."""
+"""Layers shared by several model families: torch-style BatchNorm, Kaiming init, stochastic depth, remat, conv."""
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
-from typing import Any
+import functools
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 # The mapped axis BatchNorm averages its batch statistics over; read when a model is traced.
 _BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_norm_axis", default=None)
@@ -132,3 +134,243 @@ def remat(block: type[nn.Module], policy: str, *, static_argnums: tuple[int, ...
     if policy == "none":
         return block
     return nn.remat(block, policy=REMAT_POLICIES[policy], static_argnums=static_argnums, prevent_cse=not scanned)
+
+
+# --- Convolution with a CPU weight gradient made of matrix products (issue 19) ---
+#
+# XLA:CPU computes a conv's weight gradient (dW) as a convolution of the input with
+# the output cotangent, which for many shapes runs slower than the same sum written
+# as one matrix product per kernel tap: dW[i, j] = x_shifted(i, j)^T @ dy, with
+# x_shifted the strided slice of the padded input that tap (i, j) sees. The forward
+# pass and the input gradient stay XLA's. The tap form is chosen when the program is
+# lowered (`lax.platform_dependent`), so GPU and TPU programs keep XLA's rule unchanged.
+
+# lax.conv_dimension_numbers of flax's 2-D layout ("NHWC", "HWIO", "NHWC"): the only layout with the tap rule.
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+# The rule (`tap_rule_pays`), from `python experiments/benchmark_conv.py` (JAX 0.10.2, the 2-core CPU,
+# median of 3, ms of dW alone, XLA's vs the taps'; every conv shape of resnet18 / resnet50 /
+# efficientnet_b0 / yolov8n at their benchmark sizes):
+#
+#   1x1, groups 1 (one matmul): the taps win on every shape, 1.3-15x: resnet50 8x56x56 256->128:
+#     161 vs 19; 64->256: 90 vs 11; yolov8n 2x160x160 32->32: 13 vs 1.6; 1x1 stride 2 alike
+#     (resnet18 64x32x32 64->128: 38 vs 5.4). Always taps.
+#   depthwise and grouped (groups > 1): the taps win 1-40x (efficientnet_b0 8x7x7 1152 ch 5x5:
+#     309 vs 13; 8x56x56 144 ch 3x3: 295 vs 59; 8x112x112 32 ch: 61 vs 59). Always taps.
+#   k x k, groups 1: no rule found. The taps won on some shapes (resnet18 64x16x16 128->128:
+#     132 vs 84; yolov8n 2x80x80 80->80: 53 vs 21) and lost on others (resnet50 8x56x56 64->64:
+#     50 vs 73; the 7x7 stem on 3 channels: 62 vs 144; yolov8n 2x40x40 64->64: 2.2 vs 7.7), with
+#     neither N*Ho*Wo nor the channel count separating them, measured while the machine was shared.
+#     So XLA's dW, never slower than today.
+_MAX_TAPS = 49  # Beyond 7x7 the per-tap products are many and small (e.g. ViT's 16x16 patch conv): XLA's.
+
+# Which weight-gradient rule `conv_general_dilated` takes; set by `conv_rule`, read when a conv is traced.
+CONV_RULES = ("measured", "xla", "taps")
+_CONV_RULE: contextvars.ContextVar[str] = contextvars.ContextVar("conv_rule", default="measured")
+
+
+@contextlib.contextmanager
+def conv_rule(rule: str) -> Iterator[None]:
+    """Within this context, every `conv_general_dilated` traced takes `rule`'s weight gradient on CPU.
+
+    "measured" (the default): the tap rule where `tap_rule_pays`, else XLA's;
+    "xla": `lax.conv_general_dilated` itself; "taps": the tap rule wherever it
+    can express the conv (for tests and benchmarks). Like `batch_norm_axis`, it
+    is read at trace time and is not part of jit's cache key: trace a function
+    either always or never inside it.
+    """
+    if rule not in CONV_RULES:
+        raise ValueError(f"conv rule {rule!r} is not valid; choose one of: {', '.join(CONV_RULES)}")
+    token = _CONV_RULE.set(rule)
+    try:
+        yield
+    finally:
+        _CONV_RULE.reset(token)
+
+
+class ConvPlan(NamedTuple):
+    """A 2-D NHWC/HWIO convolution with explicit padding, as the tap rule sees it."""
+
+    strides: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    dilation: tuple[int, int]
+    groups: int
+    precision: Any
+
+
+def conv_plan(
+    lhs_shape: tuple[int, ...],
+    rhs_shape: tuple[int, ...],
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> ConvPlan | None:
+    """The tap rule's plan for this conv, or None where the rule cannot express it (XLA's rule is used)."""
+    if len(lhs_shape) != 4 or len(rhs_shape) != 4 or batch_group_count != 1 or preferred_element_type is not None:
+        return None
+    if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
+        return None  # A transposed conv: XLA's rule.
+    if lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) != _NHWC:
+        return None
+    kernel_h, kernel_w, _, _ = rhs_shape
+    dilation = (1, 1) if rhs_dilation is None else tuple(int(d) for d in rhs_dilation)
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        window = [_dilated_extent(k, d) for k, d in zip((kernel_h, kernel_w), dilation, strict=True)]
+        padding = lax.padtype_to_pads(lhs_shape[1:3], window, strides, padding)
+    pads = tuple((int(low), int(high)) for low, high in padding)
+    plan = ConvPlan(strides, pads, dilation, int(feature_group_count), precision)
+    if any(size <= 0 for size in conv_output_shape(plan, lhs_shape, rhs_shape)):
+        return None
+    return plan
+
+
+def _dilated_extent(size: int, dilation: int) -> int:
+    """The extent of a kernel of `size` taps spaced `dilation` apart."""
+    return 0 if size == 0 else 1 + dilation * (size - 1)
+
+
+def conv_output_shape(plan: ConvPlan, lhs_shape: tuple[int, ...], rhs_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The NHWC output shape of `plan` on these input and kernel shapes."""
+    spatial = []
+    for size, kernel, stride, dilation, (low, high) in zip(
+        lhs_shape[1:3], rhs_shape[:2], plan.strides, plan.dilation, plan.padding, strict=True
+    ):
+        extent = size + low + high - _dilated_extent(kernel, dilation)
+        spatial.append(extent // stride + 1 if extent >= 0 else 0)
+    return (lhs_shape[0], *spatial, rhs_shape[3])
+
+
+def _xla_conv(plan: ConvPlan, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        plan.strides,
+        plan.padding,
+        rhs_dilation=plan.dilation,
+        dimension_numbers=_NHWC,
+        feature_group_count=plan.groups,
+        precision=plan.precision,
+    )
+
+
+def _tap_weight_grad(plan: ConvPlan, lhs: jax.Array, cotangent: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
+    """dW as one product per kernel tap of the tap's strided input slice with the cotangent, in float32 or wider."""
+    kernel_h, kernel_w, group_in, out = kernel_shape
+    batch, out_h, out_w, _ = cotangent.shape
+    (stride_h, stride_w), (dil_h, dil_w), groups = plan.strides, plan.dilation, plan.groups
+    zero = jnp.zeros((), lhs.dtype)
+    # lax.pad also crops where a padding is negative, as the conv does.
+    padded = lax.pad(lhs, zero, ((0, 0, 0), (*plan.padding[0], 0), (*plan.padding[1], 0), (0, 0, 0)))
+    accumulate = jnp.promote_types(lhs.dtype, jnp.float32)
+    taps = []
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            start = (0, i * dil_h, j * dil_w, 0)
+            limit = (batch, start[1] + (out_h - 1) * stride_h + 1, start[2] + (out_w - 1) * stride_w + 1, lhs.shape[3])
+            window = lax.slice(padded, start, limit, (1, stride_h, stride_w, 1))
+            taps.append(_group_product(window, cotangent, groups, group_in, accumulate, plan.precision))
+    return jnp.stack(taps).reshape(kernel_shape)
+
+
+def _group_product(
+    window: jax.Array, cotangent: jax.Array, groups: int, group_in: int, accumulate: Any, precision: Any
+) -> jax.Array:
+    """One tap's dW, (in / groups, out): a matmul per group, or a multiply-reduce for a depthwise conv."""
+    out = cotangent.shape[-1]
+    if groups == 1:
+        # Flattened to 2-D first: XLA:CPU runs this (N*H*W, C)^T @ (N*H*W, O) 1.2-1.6x faster than the 4-D einsum.
+        rows = window.reshape(-1, window.shape[-1]).T
+        return jnp.matmul(rows, cotangent.reshape(-1, out), precision=precision, preferred_element_type=accumulate)
+    if group_in == 1 and out == groups:
+        # Depthwise: each channel is its own 1x1 product, a reduction rather than a matmul.
+        product = window.astype(accumulate) * cotangent.astype(accumulate)
+        return jnp.sum(product, axis=(0, 1, 2))[None, :]
+    grouped_window = window.reshape(*window.shape[:3], groups, group_in)
+    grouped_cotangent = cotangent.reshape(*cotangent.shape[:3], groups, out // groups)
+    product = jnp.einsum(
+        "nhwgc,nhwgo->cgo", grouped_window, grouped_cotangent, precision=precision, preferred_element_type=accumulate
+    )
+    return product.reshape(group_in, out)
+
+
+def tap_rule_pays(plan: ConvPlan, lhs_shape: tuple[int, ...], rhs_shape: tuple[int, ...]) -> bool:
+    """Whether the tap rule's dW beats XLA's on CPU for this conv: the measured rule in the notes above."""
+    del lhs_shape  # The rule as measured so far depends on the kernel and the groups only.
+    taps = rhs_shape[0] * rhs_shape[1]
+    if taps > _MAX_TAPS:
+        return False
+    return plan.groups > 1 or taps == 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def tap_conv(plan: ConvPlan, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    """The conv of `plan` (from `conv_plan`) with the tap rule's weight gradient on CPU, whether or not it pays."""
+    return _xla_conv(plan, lhs, rhs)
+
+
+def _tap_conv_fwd(plan: ConvPlan, lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    # The residuals are those of XLA's own rule: each gradient needs the other operand.
+    return _xla_conv(plan, lhs, rhs), (lhs, rhs)
+
+
+def _tap_conv_bwd(
+    plan: ConvPlan, residuals: tuple[jax.Array, jax.Array], cotangent: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    lhs, rhs = residuals
+    lhs_struct = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
+    rhs_struct = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
+    # linear_transpose applies conv's own transpose rules without evaluating the forward conv again.
+    (lhs_grad,) = jax.linear_transpose(lambda x: _xla_conv(plan, x, rhs), lhs_struct)(cotangent)
+
+    def xla_weight_grad(lhs: jax.Array, cotangent: jax.Array) -> jax.Array:
+        return jax.linear_transpose(lambda w: _xla_conv(plan, lhs, w), rhs_struct)(cotangent)[0]
+
+    def tap_weight_grad(lhs: jax.Array, cotangent: jax.Array) -> jax.Array:
+        return _tap_weight_grad(plan, lhs, cotangent, rhs.shape).astype(rhs.dtype)
+
+    rhs_grad = lax.platform_dependent(lhs, cotangent, cpu=tap_weight_grad, default=xla_weight_grad)
+    return lhs_grad, rhs_grad
+
+
+tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """`lax.conv_general_dilated` with, on CPU, a weight gradient made of one matrix product per kernel tap.
+
+    Same signature and forward result as lax's; the input gradient is XLA's.
+    Convs the tap rule cannot express (other layouts, transposed convs, batch
+    groups, mixed dtypes) or where it does not pay (`tap_rule_pays`) are lax's
+    conv unchanged, as is every conv traced inside `conv_rule("xla")`.
+    """
+    args = (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
+    rest = (batch_group_count, precision, preferred_element_type)
+    lhs_shape, rhs_shape, rule = jnp.shape(lhs), jnp.shape(rhs), _CONV_RULE.get()
+    plan = None if rule == "xla" else conv_plan(lhs_shape, rhs_shape, *args, *rest)
+    taps = plan is not None and (rule == "taps" or tap_rule_pays(plan, lhs_shape, rhs_shape))
+    if not taps or jnp.result_type(lhs) != jnp.result_type(rhs):
+        return lax.conv_general_dilated(lhs, rhs, *args, *rest)
+    return tap_conv(plan, lhs, rhs)
+
+
+# flax's Conv with jaxdl's conv: every family builds its convolutions with this.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

@@ -33,7 +33,7 @@ def _batch_norm(module: nn.Module, train: bool, name: str, zero_scale: bool = Fa
 def _conv(module: nn.Module, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
     """A bias-free conv with torch's symmetric padding kernel // 2."""
     pad = kernel // 2
-    return nn.Conv(
+    return layers.Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),

@@ -48,7 +48,7 @@ class ConvBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """The block's output for an NHWC map."""
         for k in (1, 2):
-            x = nn.Conv(
+            x = layers.Conv(
                 self.features,
                 (3, 3),
                 padding=self.padding,
@@ -172,7 +172,7 @@ class UNet(nn.Module):
             )(x)
             x = jnp.concatenate([center_crop(skips[i], x.shape[1:3]), x], axis=-1)
             x = ConvBlock(self.width * 2**i, name=f"up{i}", **block)(x, train)
-        return nn.Conv(self.num_outputs, (1, 1), kernel_init=_PAPER_INIT, dtype=self.dtype, name="head")(x)
+        return layers.Conv(self.num_outputs, (1, 1), kernel_init=_PAPER_INIT, dtype=self.dtype, name="head")(x)
 
 
 def upsample_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -266,7 +266,7 @@ class UNetWithBackbone(nn.Module):
             if stride in maps:
                 y = jnp.concatenate([y, maps[stride].astype(y.dtype)], axis=-1)
             y = ConvBlock(channels, name=f"decoder_block{i}", **block)(y, train)
-        return nn.Conv(
+        return layers.Conv(
             self.num_outputs,
             (3, 3),
             padding=((1, 1), (1, 1)),

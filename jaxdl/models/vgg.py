@@ -174,7 +174,7 @@ class VGG(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 stride *= 2
                 continue
-            x = nn.Conv(
+            x = layers.Conv(
                 layer.features,
                 (3, 3),
                 padding=((1, 1), (1, 1)),

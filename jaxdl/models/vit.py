@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdl.models.layers import StochasticDepth, remat, remat_policy
+from jaxdl.models.layers import Conv, StochasticDepth, remat, remat_policy
 from jaxdl.models.registry import Check, at_least_one, positive, probability, register
 
 # torchvision's ViT LayerNorm epsilon.
@@ -263,7 +263,7 @@ class ViT(nn.Module):
                 f"ViT expects {self.image_size}x{self.image_size} images (its position embedding is sized for "
                 f"image_size={self.image_size}), got {x.shape[1]}x{x.shape[2]}"
             )
-        x = nn.Conv(
+        x = Conv(
             self.hidden_dim,
             (p, p),
             strides=(p, p),

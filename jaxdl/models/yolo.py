@@ -103,7 +103,7 @@ class ConvBN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """conv -> BN -> SiLU of an NHWC map."""
         pad = self.kernel // 2
-        x = nn.Conv(
+        x = layers.Conv(
             self.features,
             (self.kernel, self.kernel),
             strides=(self.stride, self.stride),
@@ -337,7 +337,7 @@ def _dfl_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) 
 
 def _head_conv(features: int, bias: float, dtype: Any, name: str) -> nn.Conv:
     """A head's last 1x1 conv, with its bias starting at `bias` (Ultralytics' `bias_init`)."""
-    return nn.Conv(
+    return layers.Conv(
         features,
         (1, 1),
         kernel_init=conv_init,

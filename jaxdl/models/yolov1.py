@@ -176,7 +176,7 @@ class YOLOv1(nn.Module):
     ) -> jax.Array:
         """Conv(-BatchNorm)-leaky ReLU, padded by kernel // 2 on each side; `names`: (conv, BatchNorm)."""
         pad = kernel // 2
-        x = nn.Conv(
+        x = layers.Conv(
             features,
             (kernel, kernel),
             strides=(stride, stride),
@@ -229,9 +229,9 @@ class YOLOv1(nn.Module):
                     f"head='conv' needs the deepest map to be the {side}x{side} grid, but it is {height}x{width}; "
                     "change grid_size or the input size, or use head='fc'"
                 )
-            y = nn.Conv(self.hidden_features, (1, 1), kernel_init=_INIT, name="head1", **dense)(y)
+            y = layers.Conv(self.hidden_features, (1, 1), kernel_init=_INIT, name="head1", **dense)(y)
             y = nn.Dropout(self.dropout_rate, deterministic=not train)(leaky_relu(y))
-            y = nn.Conv(self.cell_channels, (1, 1), name="head2", **dense)(y)
+            y = layers.Conv(self.cell_channels, (1, 1), name="head2", **dense)(y)
         else:
             y = y.reshape((y.shape[0], -1))
             y = nn.Dense(self.hidden_features, kernel_init=_INIT, name="fc1", **dense)(y)
