@@ -27,33 +27,43 @@ from jaxdl.errors import ConfigError, WorkdirError, check_choice, first_line
 __all__ = ["ConfigError", "apply_overrides", "config_hash", "load_config", "read_config", "save_config"]
 
 
-def load_config(path: str | Path) -> ml_collections.ConfigDict:
-    """Imports a config file and returns its `get_config()`."""
+def call_python_file(path: str | Path, *, flag: str, function: str, kind: str):
+    """Imports the Python file at `path` and returns `function()` of it; each failure is one ConfigError naming `flag`.
+
+    The folder above the file's becomes importable, so a config or sweep file
+    imports its neighbours as `configs.base` does.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config: no such config file '{path}'")
-    # Configs import their base as `configs.base`: make the folder above importable.
+        raise ConfigError(f"{flag}: no such {kind} file '{path}'")
+    if path.suffix != ".py":
+        raise ConfigError(f"{flag}: '{path}' is not a Python {kind} file (.py defining {function}())")
     root = str(path.resolve().parent.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
-    if path.suffix != ".py":
-        raise ConfigError(f"--config: '{path}' is not a Python config file (.py defining get_config())")
-    spec = importlib.util.spec_from_file_location(f"_jaxdl_config_{path.stem}", path)
+    spec = importlib.util.spec_from_file_location(f"_jaxdl_{kind}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except SyntaxError as error:
-        raise ConfigError(f"--config: '{path}' is not valid Python (line {error.lineno}: {error.msg})") from None
+        raise ConfigError(f"{flag}: '{path}' is not valid Python (line {error.lineno}: {error.msg})") from None
     except Exception as error:  # The file's own code failed: the user's file, reported as such.
-        raise ConfigError(f"--config: '{path}' failed to load: {type(error).__name__}: {first_line(error)}") from None
-    if not callable(getattr(module, "get_config", None)):
-        raise ConfigError(f"--config: '{path}' defines no get_config()")
+        raise ConfigError(f"{flag}: '{path}' failed to import: {type(error).__name__}: {first_line(error)}") from None
+    if not callable(getattr(module, function, None)):
+        raise ConfigError(f"{flag}: '{path}' defines no {function}()")
     try:
-        config = module.get_config()
+        return getattr(module, function)()
+    except ConfigError as error:  # A jaxdl helper's own message (e.g. sweeps.zip of unequal lengths).
+        raise ConfigError(f"{flag}: {function}() of '{path}': {first_line(error)}") from None
     except Exception as error:
         raise ConfigError(
-            f"--config: get_config() of '{path}' failed: {type(error).__name__}: {first_line(error)}"
+            f"{flag}: {function}() of '{path}' failed: {type(error).__name__}: {first_line(error)}"
         ) from None
+
+
+def load_config(path: str | Path) -> ml_collections.ConfigDict:
+    """Imports a config file and returns its `get_config()`."""
+    config = call_python_file(path, flag="--config", function="get_config", kind="config")
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"--config: get_config() of '{path}' returned {type(config).__name__}, not a ConfigDict")
     return config

@@ -106,8 +106,7 @@ class PredictionsWriter:
                 probe.unlink()
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with open(target, "a"):
-                    pass
+                target.open("a").close()  # Opened for appending: created if missing, checked writable, kept.
         except OSError as error:
             reason = error.strerror or type(error).__name__
             raise PredictionsError(f"--predictions={self.path}: cannot write {target} ({reason})") from None

@@ -12,11 +12,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -81,33 +79,7 @@ class Trial:
 
 def load_sweep_file(path: str | Path) -> list[dict[str, object]]:
     """Imports a sweep file and returns its `get_sweep()` as JSON-plain override dicts; problems are one line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--sweep: no such sweep file '{path}'")
-    if path.suffix != ".py":
-        raise ConfigError(f"--sweep: '{path}' is not a Python sweep file (.py defining get_sweep())")
-    # Like configs, a sweep file may import from the checkout it sits in.
-    root = str(path.resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    spec = importlib.util.spec_from_file_location(f"_jaxdl_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as error:
-        raise ConfigError(f"--sweep: '{path}' is not valid Python (line {error.lineno}: {error.msg})") from None
-    except Exception as error:  # The file's own code failed: the user's file, reported as such.
-        raise ConfigError(f"--sweep: '{path}' failed to import: {type(error).__name__}: {first_line(error)}") from None
-    if not callable(getattr(module, "get_sweep", None)):
-        raise ConfigError(f"--sweep: '{path}' defines no get_sweep()")
-    try:
-        trials = module.get_sweep()
-    except ConfigError as error:  # A helper's own message (e.g. sweeps.zip of unequal lengths).
-        raise ConfigError(f"--sweep: get_sweep() of '{path}': {first_line(error)}") from None
-    except Exception as error:
-        raise ConfigError(
-            f"--sweep: get_sweep() of '{path}' failed: {type(error).__name__}: {first_line(error)}"
-        ) from None
+    trials = configuration.call_python_file(path, flag="--sweep", function="get_sweep", kind="sweep")
     return check_trials(trials, f"get_sweep() of '{path}'")
 
 
