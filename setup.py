@@ -29,8 +29,12 @@ setup(
         "numpy>=1.26",
         # Processes that share a data dir build each dataset once (a lock file beside it).
         "filelock>=3.12",
+        # Ultralytics data.yaml files of the yolo dataset kind (jaxdl.data.folders).
+        "pyyaml>=6",
         # Reads .safetensors state dicts for jaxdl.convert (no torch needed at run time).
         "safetensors>=0.4",
+        # jax.export's serialisation (jaxdl-export --format=stablehlo); jax does not pull it in.
+        "flatbuffers>=24",
         # Ships the sunspots and co2 series of the forecasting datasets.
         "statsmodels>=0.14",
         # Ships the ORCHID Thai corpus that the word_segmentation dataset is built from (2.4 MB).
@@ -63,6 +67,8 @@ setup(
             "jaxdl-bench=jaxdl.bench:main",
             "jaxdl-repro=jaxdl.repro:repro_cli",
             "jaxdl-sweep=jaxdl.sweeps.cli:sweep_cli",
+            "jaxdl-data=jaxdl.data.check:data_cli",
+            "jaxdl-export=jaxdl.export:export_cli",
         ],
     },
 )

@@ -31,8 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
     # jaxdl.experiment.init_key) instead of the seed's threefry key; dropout and data
     # keep threefry either way. False reproduces the init numbers of older runs.
     config.fast_init = True
-    # A PyTorch state dict in torchvision naming (.safetensors or .npz) to start
-    # from instead of a random init; see config.transfer for heads and freezing.
+    # A PyTorch state dict in the reference's naming (torchvision, smp, Ultralytics)
+    # to start from instead of a random init: .safetensors, .npz, or a torch.save
+    # checkpoint (.pth/.pt/.bin/.ckpt, an Ultralytics .pt included) read without
+    # torch and without running its pickle's code; see config.transfer.
     config.init_from = ""
 
     config.transfer = ml_collections.ConfigDict()
@@ -57,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.task.name = "classification"
     # Classes (tags) of classification, tagging, segmentation and detection; a classifier
     # of 2 classes has one logit and a sigmoid loss.
+    # 0: from a dataset read from disk (its class folders, data.yaml names, or a mask
+    # folder's largest id + 1), written into the run's config.json.
     config.task.num_classes = 10
     config.task.num_targets = 1  # Regression only.
     config.task.label_smoothing = 0.0  # Classification training loss only; eval loss is plain.
@@ -126,8 +130,32 @@ def get_config() -> ml_collections.ConfigDict:
     # part's mean and std (rule: jaxdl/data/timeseries.py). Splits: train | validation | test.
     config.dataset.lookback = 12  # Past values per window (also the AR baseline's order p).
     config.dataset.horizon = 1  # Future values per window (the model's outputs).
-    config.dataset.path = ""  # csv only: the CSV file, one row per time step in time order.
+    # csv: the CSV file, one row per time step in time order. Image datasets read from
+    # disk (config.dataset.name image_folder | yolo | mask_folder; jaxdl/data/disk.py):
+    # image_folder PATH/{train,val,test}/<class>/<image>; yolo a data.yaml (or its
+    # folder); mask_folder PATH/{train,val,test}/{images,masks}/. Decoded once into
+    # <data dir>/folders (ArrayRecord), read afresh when a file changes.
+    config.dataset.path = ""
     config.dataset.column = ""  # csv only: the column of values; empty: the file's only column.
+    # csv tables (tasks classification | regression; jaxdl/data/tables.py): the target
+    # column; every other column is a numeric feature. Records {"features", "label"}
+    # (classes: the column's sorted values) or, with target_key "target", a float target.
+    config.dataset.label = ""
+    # Image folders only (image_folder, yolo, mask_folder). Every image is decoded with
+    # its EXIF orientation applied, then as `channels`: 3 (RGB) or 1 (grayscale).
+    config.dataset.channels = 3
+    # Without a val/ (or validation/) split on disk, this fraction of train becomes
+    # validation: per class, drawn with a fixed seed (not config.seed), so runs of
+    # different seeds validate on the same images. 0: no validation split.
+    config.dataset.val_fraction = 0.1
+    # A file that does not decode stops the run with its name; True skips it instead
+    # (the run logs how many and the first names; `jaxdl-data check` lists them).
+    config.dataset.skip_bad_files = False
+    # mask_folder: stored mask values -> class ids as "stored:class,...", e.g. "255:1"
+    # for 0/255 masks (values not listed stay); or RGB colours -> class ids as
+    # "#rrggbb:class,...", e.g. "#000000:0,#ff0000:1" (every colour must be listed).
+    config.dataset.mask_values = ""
+    config.dataset.palette = ""
 
     # Batch mixing on device, in the train step (classification only).
     config.augment = ml_collections.ConfigDict()

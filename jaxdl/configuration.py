@@ -221,6 +221,12 @@ ADDED_LATER = {
     "training.async_checkpoints": False,
     "profile_steps": (),
     "compilation_cache_dir": "",
+    "dataset.label": "",
+    "dataset.channels": 3,
+    "dataset.val_fraction": 0.1,
+    "dataset.skip_bad_files": False,
+    "dataset.mask_values": "",
+    "dataset.palette": "",
 }
 
 

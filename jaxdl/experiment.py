@@ -27,8 +27,8 @@ import ml_collections
 import numpy as np
 
 from jaxdl import compile_cache, models, optim, parallel, steps, tasks
-from jaxdl.data import pipeline, transforms
-from jaxdl.errors import ConfigError, check_at_least, check_choice, check_regex, first_line
+from jaxdl.data import pipeline, sources, transforms
+from jaxdl.errors import ConfigError, UserError, check_at_least, check_choice, check_regex, first_line
 from jaxdl.models.layers import REMAT_POLICIES
 from jaxdl.state import TrainState
 
@@ -155,6 +155,8 @@ class Experiment:
         self.strategy = parallel.make_strategy(
             config.parallel.strategy, self.mesh, fsdp_min_size=config.mesh.fsdp_min_size
         )
+        # task.num_classes=0: the classes of a dataset read from disk (its mask ids checked against them).
+        sources.resolve_num_classes(config)
         self.task = tasks.build_task(config)
         self.options = steps.StepOptions.from_config(config, self.task)
         self.model = build_model(config, self.task)
@@ -212,13 +214,16 @@ class Experiment:
 
         path = self.config.init_from
         check_regex("transfer.exclude", self.config.transfer.exclude)
+        kinds = ", ".join(convert.SUFFIXES)
         if not Path(path).is_file():
-            raise ConfigError(f"config.init_from='{path}' is not a file; give a .safetensors or .npz state dict")
+            raise ConfigError(f"config.init_from='{path}' is not a file; give a state dict ({kinds})")
         try:
             state_dict = convert.load_state_dict(path)
-        except Exception as error:  # Whatever fails while reading the user's file is about that file.
+        except UserError as error:  # The reader's line names the file and what to do (a pickle that asks for code).
+            raise ConfigError(f"config.init_from: {first_line(error)}") from None
+        except Exception as error:  # Whatever else fails while reading the user's file is about that file.
             raise ConfigError(
-                f"config.init_from='{path}' is not a readable .safetensors or .npz state dict "
+                f"config.init_from='{path}' is not a readable state dict ({kinds}) "
                 f"({type(error).__name__}: {first_line(error)})"
             ) from None
         try:

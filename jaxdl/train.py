@@ -23,11 +23,12 @@ import optax
 
 from jaxdl import compile_cache, configuration, models, provenance, runlog
 from jaxdl.checkpoint import Checkpoints
+from jaxdl.data import sources
 from jaxdl.errors import NonFiniteLossError, WorkdirError
 from jaxdl.experiment import Experiment, num_train_steps
 from jaxdl.state import TrainState
 from jaxdl.steps import StepOptions, evaluate, make_eval_step, make_train_step
-from jaxdl.trained import INPUTS_FILENAME, TrainedRun
+from jaxdl.trained import CLASS_NAMES_FILENAME, INPUTS_FILENAME, TrainedRun
 
 __all__ = [
     "Experiment",
@@ -329,6 +330,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     if run.chief:
         _save_config(config, workdir)
         (workdir / INPUTS_FILENAME).write_text(json.dumps(run.input_spec()) + "\n")  # For jaxdl-predict.
+        names = sources.class_names(config.dataset)
+        if names is not None:  # A dataset read from disk: jaxdl-predict names its classes without the folder.
+            (workdir / CLASS_NAMES_FILENAME).write_text(json.dumps(list(names)) + "\n")
+        else:
+            (workdir / CLASS_NAMES_FILENAME).unlink(missing_ok=True)  # Not left from another dataset's run.
     with contextlib.ExitStack() as stack:
         trainer = _Trainer(run, workdir, stack, start_time, cache_stats)
         if run.chief:  # After the restore, which tells a resume (checked against the record) from a start.

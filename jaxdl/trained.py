@@ -32,6 +32,8 @@ from jaxdl.state import TrainState
 log = logging.getLogger(__name__)
 
 INPUTS_FILENAME = "inputs.json"  # What one raw input of the run looks like; written by training.
+# The class names of a dataset read from disk (folder names, data.yaml names), by id; written by training.
+CLASS_NAMES_FILENAME = "class_names.json"
 # Which checkpoint `which` names -> the checkpoints tried, in order. A run without a
 # validation split has no best checkpoint: its best is its latest.
 CHECKPOINT_ORDER = {"best": ("best", "latest"), "latest": ("latest",)}
@@ -133,6 +135,13 @@ class TrainedRun:
         if num_classes is None:
             return None
         dataset = self.config.dataset
+        saved = self.workdir / CLASS_NAMES_FILENAME
+        if saved.is_file():  # A dataset read from disk: its names as training found them (ids as in batches).
+            try:
+                names = tuple(json.loads(saved.read_text()))
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+                raise WorkdirError(f"{saved} is not a JSON list of names; train the run again to rewrite it") from None
+            return names[:num_classes] if len(names) >= num_classes else None
         names = datasets.class_names(dataset.name, dataset.target_key, dataset.data_dir)
         if names is None:
             return None

@@ -34,6 +34,18 @@ TINY_CNN = dict(
 )
 
 
+# A 4-step run with an evaluation and a checkpoint every 2 steps, batch 8, one device: the
+# shapes runs' settings, shared so that their steps compile once (the compilation cache).
+SHORT_RUN = dict(
+    training__batch_size=8,
+    training__num_steps=4,
+    training__eval_every_steps=2,
+    training__checkpoint_every_steps=2,
+    training__log_every_steps=1,
+    parallel__num_devices=1,
+)
+
+
 def tiny_cnn(**overrides) -> ml_collections.ConfigDict:
     """A few steps of a small CNN (with BatchNorm and dropout) on digits."""
     return config("digits_cnn", **{**TINY_CNN, **overrides})

@@ -47,11 +47,11 @@ CASES = {
     "config with a syntax error": (["--config={tmp}/broken.py"], "'{tmp}/broken.py' is not valid Python (line 1"),
     "init_from a file that is not a state dict": (
         ["--config.init_from={tmp}/weights.safetensors", *RESNET],
-        "config.init_from='{tmp}/weights.safetensors' is not a readable .safetensors or .npz state dict",
+        "config.init_from='{tmp}/weights.safetensors' is not a readable state dict (.safetensors, .npz, .pth",
     ),
     "init_from a corrupt npz": (
         ["--config.init_from={tmp}/weights.npz", *RESNET],
-        "config.init_from='{tmp}/weights.npz' is not a readable .safetensors or .npz state dict",
+        "config.init_from='{tmp}/weights.npz' is not a readable state dict (.safetensors, .npz, .pth",
     ),
     "init_from a state dict of another model": (
         ["--config.init_from={tmp}/unrelated.npz", *RESNET],

@@ -24,7 +24,7 @@ def _train(tmp_path, capsys, *overrides):
         ("--config.optimizer.lrate=0.1", "unknown config key 'optimizer.lrate'; keys of optimizer: "),
         ("--config.seed=abc", "config.seed expects int, got 'abc'"),
         ("--config.training.progress_bar=maybe", "config.training.progress_bar expects a bool"),
-        ("--config.model.name=resnet9000", "config.model.name='resnet9000' is not valid; choose one of: ar, cnn,"),
+        ("--config.model.name=resnet9000", "config.model.name='resnet9000' is not valid; choose one of: ar,"),
         ("--config.dataset.name=nope", "config.dataset.name='nope' is not a known dataset; choose one of: digits,"),
         ("--config.training.batch_size=12", "config.training.batch_size=12 is not divisible by the 8 devices"),
         ("--config.optimizer.learning_rate=-0.1", "config.optimizer.learning_rate=-0.1 is not valid; it must be > 0"),
@@ -169,6 +169,8 @@ def test_every_shipped_config_builds():
             continue
         cfg = configuration.load_config(path)
         assert isinstance(cfg, ml_collections.ConfigDict)
+        if cfg.task.num_classes == 0:  # Templates for a dataset on disk: counted when the run reads it.
+            cfg.task.num_classes = 3
         helpers.build_without_data(cfg)
         if cfg.dataset.name in datasets.LOCAL_BUILDERS:
             experiment.Experiment(cfg)

@@ -20,13 +20,8 @@ SMALL = dict(
     dataset__split_sizes=(48, 16, 16),
     # letterbox is the identity on the 64 px shapes images; it lets jaxdl-predict take other sizes.
     dataset__eval_transforms=f"letterbox(size=64)|rescale(scale={1 / 255})",
-    training__batch_size=8,
-    training__num_steps=4,
-    training__eval_every_steps=2,
-    training__checkpoint_every_steps=2,
-    training__log_every_steps=1,
     schedule__warmup_steps=0,
-    parallel__num_devices=1,
+    **helpers.SHORT_RUN,
 )
 
 

@@ -47,7 +47,7 @@ def test_bad_files_are_one_line_each_and_the_rest_are_predicted(digits_workdir, 
     Image.fromarray(np.zeros((12, 9, 3), np.uint8)).save(tmp_path / "large.png")
     (tmp_path / "text.png").write_text("not an image")
     files = [tmp_path / "missing.png", tmp_path / "text.png", good, tmp_path / "large.png"]
-    assert predict.predict_cli([f"--workdir={digits_workdir}", *map(str, files)]) == 1
+    assert predict.predict_cli([f"--workdir={digits_workdir}", "--fit=none", *map(str, files)]) == 1
     captured = capsys.readouterr()
     errors = captured.err.strip().splitlines()
     assert len(errors) == 3 and "Traceback" not in captured.err

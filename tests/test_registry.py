@@ -75,7 +75,9 @@ def test_every_family_file_is_discovered() -> None:
 
 
 def test_unknown_name_and_argument() -> None:
-    with pytest.raises(ValueError, match=r"^unknown model 'resnet19'; choose one of: ar, cnn, "):
+    with pytest.raises(
+        ValueError, match=r"^unknown model 'resnet19'; choose one of: ar, classifier, classifier_tiny, cnn, "
+    ):
         models.create_model("resnet19", num_outputs=2)
     with pytest.raises(TypeError, match=r"unknown argument\(s\) 'axis_name' for model 'resnet18'; valid fields: "):
         models.create_model("resnet18", num_outputs=2, axis_name="batch")
@@ -146,8 +148,20 @@ def test_check_helpers_accept_the_edges() -> None:
 def test_converters_register_themselves() -> None:
     table = convert.converters()
     names = {cls.__name__ for cls in table}
-    assert {"ConvNeXt", "DenseNet", "EfficientNet", "GoogLeNet", "RecurrentNet", "ResNet", "VGG", "ViT"} <= names
-    with pytest.raises(ValueError, match=r"^no PyTorch converter for ToyMLP; converters exist for: ConvNeXt, "):
+    assert {
+        "Classifier",
+        "ConvNeXt",
+        "DenseNet",
+        "EfficientNet",
+        "GoogLeNet",
+        "RecurrentNet",
+        "ResNet",
+        "VGG",
+        "ViT",
+    } <= names
+    with pytest.raises(
+        ValueError, match=r"^no PyTorch converter for ToyMLP; converters exist for: Classifier, ConvNeXt, "
+    ):
         convert.from_torch("toy_test_mlp", {}, num_outputs=2, input_shape=(1, 5))
     resnet = models.model_class("resnet18")
     with pytest.raises(ValueError, match="ResNet already has a PyTorch converter"):

@@ -15,12 +15,7 @@ pytestmark = pytest.mark.slow  # End-to-end runs; `-m "not slow"` leaves them ou
 
 SMALL = dict(
     dataset__split_sizes=(48, 16, 16),
-    training__batch_size=8,
-    training__num_steps=4,
-    training__eval_every_steps=2,
-    training__checkpoint_every_steps=2,
-    training__log_every_steps=1,
-    parallel__num_devices=1,
+    **helpers.SHORT_RUN,
 )
 TINY_UNET = "{'width': 4, 'depth': 2, 'padding': 'same', 'batch_norm': True, 'image_size': 64}"
 

@@ -1,7 +1,11 @@
 """Import PyTorch state dicts (torchvision naming) into jaxdl variables, without torch.
 
-A state dict comes from a `.safetensors` or `.npz` file or from a mapping of
-arrays (numpy arrays, or anything with `.numpy()` such as torch tensors). Each
+A state dict comes from a `.safetensors` or `.npz` file, from a PyTorch
+checkpoint (`.pth`, `.pt`, `.bin`, `.ckpt`: read by `torch_files` without torch and
+without running the file's code), or from a mapping of arrays (numpy arrays, or
+anything with `.numpy()` such as torch tensors). A state dict whose every name
+starts with 'module.' (saved from a DistributedDataParallel wrapper) is read
+without that prefix. Each
 model family has a converter in `jaxdl/convert/<family>.py` that walks the
 torch names and writes flax variables through an `Importer`, which transposes
 the layouts (OIHW -> HWIO, out x in -> in x out), checks every shape against the
@@ -26,17 +30,23 @@ import numpy as np
 from flax import traverse_util
 
 from jaxdl import models
+from jaxdl.convert import torch_files
 from jaxdl.convert.registry import register, registered
+from jaxdl.errors import StateDictError
 
 log = logging.getLogger(__name__)
 
 
-class StateDictError(ValueError):
-    """A state dict does not fit the model: names the missing, extra or mis-shaped tensors."""
+# The file suffixes load_state_dict reads.
+SUFFIXES = (".safetensors", ".npz", *torch_files.SUFFIXES)
 
 
 def load_state_dict(source: str | Path | Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """A flat {torch name: numpy array} from a .safetensors/.npz path or a mapping."""
+    """A flat {torch name: numpy array} from a .safetensors/.npz/.pth/.pt/.bin/.ckpt path or a mapping."""
+    return _without_ddp_prefix(_load(source))
+
+
+def _load(source: str | Path | Mapping[str, Any]) -> dict[str, np.ndarray]:
     if isinstance(source, Mapping):
         return {str(k): _to_numpy(v) for k, v in source.items()}
     path = Path(source)
@@ -49,7 +59,17 @@ def load_state_dict(source: str | Path | Mapping[str, Any]) -> dict[str, np.ndar
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    raise ValueError(f"{path}: expected a .safetensors or .npz state dict")
+    if path.suffix in torch_files.SUFFIXES:
+        return torch_files.read_state_dict(path)
+    raise ValueError(f"{path}: expected a state dict file ending in {', '.join(SUFFIXES)}")
+
+
+def _without_ddp_prefix(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """DistributedDataParallel's state dict names everything 'module.<name>': read as '<name>'."""
+    prefix = "module."
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -82,6 +102,7 @@ class Importer:
         self.written: dict[str, np.ndarray] = {}
         self.skip_mismatched = skip_mismatched
         self.skipped: list[str] = []
+        self.kept: list[str] = []
         self.errors: list[str] = []
 
     def tensor(self, key: str) -> np.ndarray | None:
@@ -104,6 +125,14 @@ class Importer:
         """Marks every tensor whose name starts with `prefix` as used, if any (a head a features_only model lacks)."""
         for key in [k for k in self.tensors if k.startswith(prefix)]:
             self.ignore(key)
+
+    def keep_init(self, path: str) -> None:
+        """Leaves the model's variables under flax `path` (e.g. 'params/head') out of the result, unfilled.
+
+        For layers the reference model does not have (a new head on a pretrained
+        backbone): the caller keeps their fresh init, as `config.init_from` does.
+        """
+        self.kept += [name for name in self.expected if name.startswith(path + "/")]
 
     def scoped(self, path: str, key: str) -> Importer:
         """A view for a model nested in another: torch names under `key` (e.g. "encoder.") fill module `path`.
@@ -166,7 +195,7 @@ class Importer:
         """The nested variables; raises StateDictError naming every problem found."""
         errors = list(self.errors)
         errors += [f"unexpected tensor '{k}'" for k in sorted(self.unused)]
-        unwritten = sorted(set(self.expected) - set(self.written) - set(self.skipped))
+        unwritten = sorted(set(self.expected) - set(self.written) - set(self.skipped) - set(self.kept))
         errors += [f"model variable '{p}' was not filled from the state dict" for p in unwritten]
         if errors:
             shown = "; ".join(errors[:20]) + (f"; ... ({len(errors) - 20} more)" if len(errors) > 20 else "")
@@ -204,6 +233,10 @@ class _ScopedImporter(Importer):
         """Marks the parent's `<prefix><key>` as used."""
         self.parent.ignore(self.key + key)
 
+    def keep_init(self, path: str) -> None:
+        """The parent's `keep_init` of `<collection>/<submodule>/<rest of path>`."""
+        self.parent.keep_init(self._path(path))
+
     def set(self, path: str, value: np.ndarray | None, key: str) -> None:
         """Writes at `<collection>/<submodule>/<rest of path>` in the parent."""
         self.parent.set(self._path(path), value, self.key + key)
@@ -225,7 +258,7 @@ def from_torch(
 
     Args:
       model: a jaxdl model, or a registered name built with `model_kwargs`.
-      state_dict: a .safetensors/.npz path or a mapping of arrays.
+      state_dict: a .safetensors/.npz/.pth/.pt/.bin/.ckpt path or a mapping of arrays.
       input_shape: an input shape the model accepts (default: one image at the
         model's `image_size`, else 224x224).
       skip_mismatched: leave variables whose shape differs (a new head) out of
@@ -243,4 +276,4 @@ def from_torch(
     return importer.finish()
 
 
-__all__ = ["Importer", "StateDictError", "converters", "from_torch", "load_state_dict", "register"]
+__all__ = ["SUFFIXES", "Importer", "StateDictError", "converters", "from_torch", "load_state_dict", "register"]

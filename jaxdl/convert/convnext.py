@@ -13,6 +13,9 @@ import numpy as np
 from jaxdl.convert import Importer, register
 from jaxdl.models.convnext import ConvNeXt
 
+# For `jaxdl.convert.inverse`: torch keeps layer_scale as (C, 1, 1), which the converter reshapes to (C,).
+TORCH_SHAPES = {"layer_scale": lambda shape: (*shape, 1, 1)}
+
 
 @register(ConvNeXt)
 def convert_convnext(importer: Importer, model: ConvNeXt) -> None:

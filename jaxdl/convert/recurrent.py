@@ -77,7 +77,7 @@ def from_torch_rnn(
 
     Args:
       model: a `RecurrentNet`, or a registered name ('rnn', 'lstm', 'gru') built with `model_kwargs`.
-      state_dict: the torch module's state dict (mapping, .safetensors/.npz path, or the module itself).
+      state_dict: the torch module's state dict (mapping, a path load_state_dict reads, or the module itself).
       head: the torch `nn.Linear` head (or its state dict with `weight`, `bias`), for `num_outputs > 0`.
       embedding: the torch `nn.Embedding` (or its state dict with `weight`), for `vocab_size > 0`.
       prefix: stripped from the state dict's names, e.g. 'rnn.' for a module stored as an attribute.

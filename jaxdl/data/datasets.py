@@ -32,6 +32,18 @@ _SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.15, "test": 0.15}
 _SPLIT_SEED = 0
 
 
+def split_rows(count: int) -> dict[str, np.ndarray]:
+    """{split: row indices} of a table of `count` rows: a seeded permutation cut 70/15/15 (train, validation, test).
+
+    The rule of the shipped tables and of `csv` tables (`jaxdl.data.tables`): the
+    same rows always land in the same split, and a table written to a CSV file
+    splits as its builder does.
+    """
+    order = np.random.default_rng(_SPLIT_SEED).permutation(count)
+    bounds = np.cumsum([round(f * count) for f in _SPLIT_FRACTIONS.values()])[:-1]
+    return dict(zip(_SPLIT_FRACTIONS, np.split(order, bounds), strict=True))
+
+
 class _SklearnTable(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """A scikit-learn bundled table, split 70/15/15 into train/validation/test."""
 
@@ -49,10 +61,7 @@ class _SklearnTable(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         del dl_manager  # The data ships with scikit-learn; nothing is downloaded.
         x, y = self._load()
-        order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
-        bounds = np.cumsum([round(f * len(x)) for f in _SPLIT_FRACTIONS.values()])[:-1]
-        parts = dict(zip(_SPLIT_FRACTIONS, np.split(order, bounds), strict=True))
-        return {name: self._generate_examples(x[idx], y[idx]) for name, idx in parts.items()}
+        return {name: self._generate_examples(x[idx], y[idx]) for name, idx in split_rows(len(x)).items()}
 
     def _generate_examples(self, x, y):
         for i, (xi, yi) in enumerate(zip(x, y, strict=True)):

@@ -38,6 +38,30 @@ def resolve_backbone(name: str, **kwargs: Any) -> tuple[type[nn.Module], dict[st
     return resolve_model(name, **{**kwargs, "features_only": True})
 
 
+class OnBackbone:
+    """Mixin of a model built on a registered backbone (U-Net's encoder, the classifier's trunk).
+
+    The model has the fields `backbone` (a registered name), `backbone_kwargs`
+    and `dtype`; the backbone is checked when the model is constructed, and
+    `backbone_model()` is the standalone module whose variables the model keeps
+    under its submodule (what the weight converters fill).
+    """
+
+    def __post_init__(self) -> None:
+        """Check the backbone at construction: it must exist and have feature maps."""
+        self.backbone_spec()
+        super().__post_init__()
+
+    def backbone_spec(self) -> tuple[type[nn.Module], dict[str, Any]]:
+        """The backbone's class and hyperparameters (with `features_only=True` and this model's dtype)."""
+        return resolve_backbone(self.backbone, **{"dtype": self.dtype, **dict(self.backbone_kwargs or {})})
+
+    def backbone_model(self) -> nn.Module:
+        """The backbone as a standalone module."""
+        cls, hyperparameters = self.backbone_spec()
+        return cls(**hyperparameters, parent=None)
+
+
 def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     """Registered vision model `name` with `features_only=True` (`num_outputs` is not needed: no head is built)."""
     cls, hyperparameters = resolve_backbone(name, **kwargs)

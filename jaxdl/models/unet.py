@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl.models import layers
-from jaxdl.models.features import resolve_backbone
+from jaxdl.models.features import OnBackbone
 from jaxdl.models.registry import Check, all_positive, at_least_one, positive, register
 
 PADDINGS = {"valid": "VALID", "same": ((1, 1), (1, 1))}
@@ -194,7 +194,7 @@ def decoder_strides(deepest: int) -> list[int]:
 @register("unet_resnet50", backbone="resnet50")
 # For tests: resnet_tiny (8-64 channels) and a narrow decoder.
 @register("unet_resnet_tiny", backbone="resnet_tiny", decoder_channels=(32, 16, 8, 8, 4), image_size=64)
-class UNetWithBackbone(nn.Module):
+class UNetWithBackbone(OnBackbone, nn.Module):
     """smp.Unet's decoder on a registered backbone's feature maps; logits at the input's resolution.
 
     The backbone (`encoder`, built with `features_only=True`) gives {stride: map};
@@ -224,20 +224,6 @@ class UNetWithBackbone(nn.Module):
     dtype: Any = jnp.float32
 
     checks: ClassVar[Mapping[str, Check]] = {"decoder_channels": all_positive, "image_size": positive}
-
-    def __post_init__(self) -> None:
-        """Check the backbone at construction: it must exist and have feature maps."""
-        self.backbone_spec()
-        super().__post_init__()
-
-    def backbone_spec(self) -> tuple[type[nn.Module], dict[str, Any]]:
-        """The backbone's class and hyperparameters (with `features_only=True` and this model's dtype)."""
-        return resolve_backbone(self.backbone, **{"dtype": self.dtype, **dict(self.backbone_kwargs or {})})
-
-    def backbone_model(self) -> nn.Module:
-        """The backbone as a standalone module (its variables are this model's `encoder`)."""
-        cls, hyperparameters = self.backbone_spec()
-        return cls(**hyperparameters, parent=None)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -169,6 +169,17 @@ class Task(abc.ABC):
     # Whether `describe_prediction` shows this task's outputs for one image (jaxdl-predict).
     displays_predictions: bool = False
 
+    def prediction_fit(self, height: int, width: int) -> str:
+        """How jaxdl-predict brings a file of another size to the model's `height` x `width` input.
+
+        A transform chain of `jaxdl.data.transforms` run before the eval transforms
+        when they do not resize themselves; it must end at that size. "" (the
+        default): such a file is refused. The transforms move a probe box with the
+        pixels, so `ImagePrediction.to_image` undoes the fit too.
+        """
+        del height, width
+        return ""
+
     def describe_prediction(
         self,
         prediction: ImagePrediction,

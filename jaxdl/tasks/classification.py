@@ -24,9 +24,12 @@ class Classification(Task):
 
     @classmethod
     def from_config(cls, task: ml_collections.ConfigDict, dataset: ml_collections.ConfigDict) -> Classification:
-        del dataset
+        from jaxdl.data import tables
+
         check_at_least("task.num_classes", task.num_classes, 2)
         check_fraction("task.label_smoothing", task.label_smoothing)
+        # A csv table: its label column holds num_classes classes.
+        tables.check_task(dataset, task="classification", target_key="label", num_classes=task.num_classes)
         return cls(num_classes=task.num_classes)
 
     def __init__(self, num_classes: int):
@@ -88,6 +91,12 @@ class Classification(Task):
         logits = np.asarray(outputs, np.float64)
         probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return probabilities / probabilities.sum(axis=-1, keepdims=True)
+
+    def prediction_fit(self, height: int, width: int) -> str:
+        """The shorter side resized to the model's and the centre cropped (any aspect: a squeeze)."""
+        if height == width:
+            return f"center_crop(size={height}, fraction=1.0)"
+        return f"resize(size=({height}, {width}))"
 
     def describe_prediction(
         self,

@@ -208,6 +208,12 @@ class Detection(Task):
 
     displays_predictions = True
 
+    def prediction_fit(self, height: int, width: int) -> str:
+        """Letterboxed to the trained square, as Ultralytics' predict does (a non-square input: resized)."""
+        if height == width:
+            return f"letterbox(size={height})"
+        return f"resize(size=({height}, {width}))"
+
     def describe_prediction(
         self,
         prediction: ImagePrediction,

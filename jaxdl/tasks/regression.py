@@ -20,8 +20,10 @@ class Regression(Task):
 
     @classmethod
     def from_config(cls, task: ml_collections.ConfigDict, dataset: ml_collections.ConfigDict) -> Regression:
-        del dataset
+        from jaxdl.data import tables
+
         check_at_least("task.num_targets", task.num_targets, 1)
+        tables.check_task(dataset, task="regression", target_key="target")  # A csv table: a numeric target column.
         return cls(num_targets=task.num_targets)
 
     def __init__(self, num_targets: int = 1):

@@ -137,6 +137,10 @@ class Segmentation(Task):
 
     displays_predictions = True
 
+    def prediction_fit(self, height: int, width: int) -> str:
+        """The whole file resized to the model's input; the mask is mapped back to the file's size."""
+        return f"resize(size=({height}, {width}))"
+
     def describe_prediction(
         self,
         prediction: ImagePrediction,
@@ -146,12 +150,19 @@ class Segmentation(Task):
         top: int = 5,
         score_threshold: float = 0.25,
     ) -> dict:
-        """Writes OUT/<stem>_mask.png (each pixel's class id) and OUT/<stem>_overlay.png; reports pixels per class."""
+        """Writes OUT/<stem>_mask.png (each pixel's class id) and OUT/<stem>_overlay.png; reports pixels per class.
+
+        Where the whole file went into the model's input (no crop: the input as
+        is, or resized or letterboxed), the mask is mapped back to the file's
+        pixels (`mask_in_file_pixels`); after a crop it stays at the input's size.
+        """
         from PIL import Image
 
         del class_names, top, score_threshold
         mask = np.argmax(prediction.outputs, axis=-1).astype(np.uint8)
         image = prediction.image
+        in_file = mask_in_file_pixels(mask, prediction.to_image, image.shape[:2])
+        mask = mask if in_file is None else in_file
         # The overlay is drawn on the image the model saw (after crops and resizes), at the mask's size.
         shown = image if image.shape[:2] == mask.shape else display.display_image(prediction.model_input)
         stem = prediction.path.stem
@@ -164,6 +175,32 @@ class Segmentation(Task):
             "overlay": str(overlay_path),
             "pixels_per_class": {str(k): int(c) for k, c in enumerate(counts)},
         }
+
+
+def mask_in_file_pixels(
+    mask: np.ndarray, to_image: tuple[np.ndarray, np.ndarray], file_hw: tuple[int, int]
+) -> np.ndarray | None:
+    """A mask on the model's input resampled (nearest) to the file's height x width, or None after a crop.
+
+    `to_image` takes input pixels to file pixels (x' = x * scale + shift); the
+    file's frame [0, W] x [0, H] taken back lands on the part of the input it
+    fills (all of it after a resize, the inside of a letterbox). Its mask pixels
+    are resized to the file's size by `transforms.nearest_crop`. A file part of
+    which is outside the input (a crop cut it away) has no whole mask: None.
+    """
+    from jaxdl.data import transforms
+
+    scale, shift = (np.asarray(v, np.float64) for v in to_image)
+    height, width = file_hw
+    x0, y0 = -shift / scale
+    x1, y1 = (np.array([width, height], np.float64) - shift) / scale
+    tol = 1e-3  # The map is computed in float32 by the transforms.
+    if x0 < -tol or y0 < -tol or x1 > mask.shape[1] + tol or y1 > mask.shape[0] + tol:
+        return None
+    top, left, bottom, right = (int(round(v)) for v in (y0, x0, y1, x1))
+    if bottom <= top or right <= left:
+        return None
+    return transforms.nearest_crop(mask, (top, left, bottom - top, right - left), (height, width))
 
 
 def confusion_metrics(confusion: np.ndarray) -> dict[str, float]:
