@@ -1,8 +1,8 @@
 """What every jaxdl command line shares: how it logs and how it prints a user error.
 
-The entry points (jaxdl-train, -eval, -predict, -wordseg, -bench) parse their
-own flags; this module holds only what they have in common, so a CLI does not
-import another CLI's module for it.
+The entry points (jaxdl-train, -eval, -predict, -wordseg, -bench, -repro,
+-sweep, -data, -export) parse their own flags; this module holds only what they
+have in common, so a CLI does not import another CLI's module for it.
 """
 
 from __future__ import annotations
