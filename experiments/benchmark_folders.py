@@ -97,13 +97,18 @@ def decode_and_cache(tmp: Path, count: int, size: int) -> dict:
     }
 
 
-def steps_per_second(tmp: Path, digits_root: Path, steps: int) -> dict:
-    out = {}
+def _digits_sources(tmp: Path, digits_root: Path):
+    """(name, config) of digits_cnn on the builder and on the same digits as an image_folder."""
     for name, overrides in {
         "builder": {},
         "image_folder": dict(dataset__name="image_folder", dataset__path=str(digits_root), dataset__channels=1),
     }.items():
-        config = _config(dataset__data_dir=str(tmp / "data"), **overrides)
+        yield name, _config(dataset__data_dir=str(tmp / "data"), **overrides)
+
+
+def steps_per_second(tmp: Path, digits_root: Path, steps: int) -> dict:
+    out = {}
+    for name, config in _digits_sources(tmp, digits_root):
         results = bench.benchmark(config, steps=steps, pipeline_steps=steps)
         batch = config.training.batch_size
         out[name] = {
@@ -115,11 +120,7 @@ def steps_per_second(tmp: Path, digits_root: Path, steps: int) -> dict:
 
 def accuracy(tmp: Path, digits_root: Path) -> dict:
     out = {}
-    for name, overrides in {
-        "builder": {},
-        "image_folder": dict(dataset__name="image_folder", dataset__path=str(digits_root), dataset__channels=1),
-    }.items():
-        config = _config(dataset__data_dir=str(tmp / "data"), **overrides)
+    for name, config in _digits_sources(tmp, digits_root):
         start = time.perf_counter()
         results = train.train_and_evaluate(config, tmp / f"run_{name}")
         out[name] = {"test_accuracy": results["test"]["accuracy"], "wall_s": time.perf_counter() - start}

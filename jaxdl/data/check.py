@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -176,7 +177,6 @@ def _findings(findings: list[_Finding], root: Path, show_all: bool) -> list[str]
 
 def _inspect_image(path: Path, channels: int) -> _Image:
     """Reads one image file as training does, with its content hash, mode and EXIF orientation."""
-    from PIL import Image
 
     found = _Image()
     try:
@@ -185,12 +185,10 @@ def _inspect_image(path: Path, channels: int) -> _Image:
         found.error = f"cannot be read ({error.strerror or type(error).__name__})"
         return found
     found.digest = hashlib.sha256(data).hexdigest()
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # The header only: mode and orientation.
+    with contextlib.suppress(*images.DECODE_ERRORS):  # Unreadable: decode below names the failure.
+        with images.open_image(io.BytesIO(data)) as image:  # The header only: mode and orientation.
             found.mode, found.stored = image.mode, image.size
             found.orientation = int(image.getexif().get(0x0112, 1) or 1)
-    except Exception:  # noqa: BLE001 -- decode below names the failure.
-        pass
     try:
         pixels = images.decode(data, channels, name=str(path))
     except images.ImageDecodeError as error:
@@ -448,21 +446,18 @@ class _Checker:
 
     def _read_mask(self, entry: Entry):
         """(ids [n], pixel counts [n], shape, raw distinct values, error) of an entry's mask."""
-        from PIL import Image
 
         try:
             ids = folders.read_mask(entry.mask, self.mask_values or None, self.palette or None)
         except (LayoutError, images.ImageDecodeError) as error:
             raw = None  # What the refused file holds: its distinct values, or colours of an RGB one.
-            try:
-                with Image.open(entry.mask) as image:
+            with contextlib.suppress(*images.DECODE_ERRORS):  # The error above already names the failure.
+                with images.open_image(entry.mask) as image:
                     if image.mode in ("RGB", "RGBA"):
                         colours = np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)
                         raw = [tuple(int(c) for c in colour) for colour in colours]
                     else:
                         raw = np.unique(np.asarray(image))
-            except Exception:  # noqa: BLE001 -- the error above already names the failure.
-                pass
             return None, None, None, raw, str(error)
         values, counts = np.unique(ids, return_counts=True)
         return values, counts, ids.shape, None, ""

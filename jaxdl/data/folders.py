@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxdl.data import images
 from jaxdl.data.images import IMAGE_SUFFIXES, ImageDecodeError, is_image_file
 from jaxdl.errors import ConfigError
 
@@ -456,7 +457,7 @@ def read_mask(
     for a JPEG mask, an RGB mask without a palette, or a value past 255;
     ImageDecodeError for a file that does not decode.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
     path = Path(path)
     if mask_values and palette:
@@ -464,7 +465,7 @@ def read_mask(
     if path.suffix.lower() in JPEG_SUFFIXES:
         raise LayoutError(f"{path}: JPEG mask refused: {_JPEG_MASK_WHY}")
     try:
-        with Image.open(path) as image:
+        with images.open_image(path) as image:
             if image.format == "JPEG":
                 raise LayoutError(f"{path}: is a JPEG file (named {path.suffix}); JPEG mask refused: {_JPEG_MASK_WHY}")
             image.load()
@@ -477,11 +478,10 @@ def read_mask(
                 pixels = np.asarray(image)
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: no such file") from None
-    # ImportError: importing ultralytics patches Image.open to import pi_heif on a file Pillow cannot identify.
-    except (UnidentifiedImageError, OSError, SyntaxError, ImportError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        detail = "cannot identify image file" if isinstance(error, ImportError) else detail
-        raise ImageDecodeError(f"{path}: not a readable mask ({detail})") from None
+    except LayoutError:  # The JPEG refusal above.
+        raise
+    except images.DECODE_ERRORS as error:
+        raise ImageDecodeError(f"{path}: not a readable mask ({images.failure(error)})") from None
     if palette:
         return _apply_palette(path, pixels, palette)
     if pixels.ndim == 3:

@@ -30,6 +30,38 @@ from jaxdl.errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+# What Pillow raises for a file it cannot read (UnidentifiedImageError is an OSError); ImportError
+# from a replaced Image.open that imports a plugin for such a file (see `open_image`).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, ImportError)
+
+
+def open_image(source):
+    """Pillow's own `Image.open(source)`, also in a process where a library replaced it.
+
+    Importing Ultralytics replaces `PIL.Image.open` with a function that, on a
+    file Pillow cannot identify, runs its requirements check for pi-heif, which
+    prints to stderr and may try to pip-install it. jaxdl only reads: it calls
+    the function Ultralytics kept aside.
+    """
+    import sys
+
+    from PIL import Image
+
+    opener = Image.open
+    if getattr(opener, "__module__", "") != Image.__name__:
+        opener = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", opener)
+    return opener(source)
+
+
+def failure(error: BaseException) -> str:
+    """What went wrong in a decode, in a few words (the first line of Pillow's message)."""
+    text = str(error).strip()
+    # Pillow names the file (or a BytesIO's address) after this; the caller names the file.
+    if isinstance(error, ImportError) or text.startswith("cannot identify image file"):
+        return "cannot identify image file"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class ImageDecodeError(UserError, ValueError):
     """An image file that does not decode completely; names the file."""
 
@@ -48,13 +80,13 @@ def decode(source: str | Path | bytes, channels: int = 3, *, name: str | None = 
         truncated or corrupt; the message names the file (`name`, else the path).
       ValueError: `channels` is not 1 or 3.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        with open_image(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.load()  # Decodes every byte now: a truncated file raises here.
             image = ImageOps.exif_transpose(image)
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits.
@@ -64,23 +96,19 @@ def decode(source: str | Path | bytes, channels: int = 3, *, name: str | None = 
             pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     except FileNotFoundError:
         raise ImageDecodeError(f"{label}: no such file") from None
-    # ImportError: importing ultralytics patches Image.open to import pi_heif on a file Pillow cannot identify.
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, ImportError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        detail = "cannot identify image file" if isinstance(error, ImportError) else detail
-        raise ImageDecodeError(f"{label}: not a readable image ({detail})") from None
+    except DECODE_ERRORS as error:
+        raise ImageDecodeError(f"{label}: not a readable image ({failure(error)})") from None
     return np.ascontiguousarray(pixels.reshape(*pixels.shape[:2], channels))
 
 
 def image_size(source: str | Path) -> tuple[int, int]:
     """(width, height) of the upright image (EXIF orientation applied), read from the header only."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(source) as image:
+        with open_image(source) as image:
             width, height = image.size
             orientation = image.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, ImportError) as error:
+    except DECODE_ERRORS as error:
         raise ImageDecodeError(f"{source}: not a readable image ({type(error).__name__})") from None
     # Orientations 5-8 swap the axes (a quarter turn, possibly mirrored).
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
