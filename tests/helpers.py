@@ -1,6 +1,7 @@
 """Small configs and readers shared by the end-to-end tests."""
 
 import json
+import os
 from pathlib import Path
 
 import ml_collections
@@ -66,6 +67,19 @@ def build_without_data(cfg: ml_collections.ConfigDict) -> None:
     experiment.best_metric(cfg, task)
     optim.build_optimizer(cfg, 100)
     pipeline.Splits(cfg.dataset)
+
+
+def default_compiler_env() -> dict[str, str]:
+    """os.environ without conftest's fast-compile XLA flags: XLA:CPU as users run it.
+
+    For subprocess runs whose test asserts bit-equal numbers across two different
+    programs (two layouts of one run): the unoptimised backend may sum some of
+    them in different orders (yolov1_tiny's validation loss on 2 processes x 1
+    device vs 1 x 2 differed in its last bit), the default one does not.
+    """
+    fast = set(os.environ.get("JAXDL_TEST_FAST_COMPILE", "").split())
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split() if flag not in fast]
+    return {**os.environ, "XLA_FLAGS": " ".join(flags)}
 
 
 def cli_args(**overrides) -> list[str]:

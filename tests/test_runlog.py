@@ -265,6 +265,24 @@ def test_tensorboard_event_file_contains_scalars_and_text(tmp_path: Path) -> Non
     assert texts == ["lr: 0.1"]
 
 
+def test_tensorboard_output_does_not_import_torch(tmp_path: Path) -> None:
+    """A training process's TensorBoard writer leaves PyTorch unloaded (1.9 s a start), yet importable."""
+    pytest.importorskip("torch")  # tensorboardX imports it only where it is installed.
+    code = (
+        "import sys\n"
+        "from jaxdl.runlog import MetricWriter\n"
+        f"writer = MetricWriter({str(tmp_path)!r})\n"
+        "writer.write(1, {'loss': 0.5}); writer.close()\n"
+        "assert 'torch' not in sys.modules, 'tensorboardX imported torch'\n"
+        "import torch\n"
+        "print(float(torch.ones(1).sum()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1.0"
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
 def test_tensorboard_disabled_writes_only_jsonl(tmp_path: Path) -> None:
     """tensorboard=False creates no event files."""
     with MetricWriter(tmp_path, tensorboard=False) as writer:
