@@ -211,11 +211,11 @@ def benchmark_model(name: str, batch: int, repeats: int) -> list[dict[str, Any]]
         )
         xla = _jax_times(shape, lax.conv_general_dilated, repeats, ("fwd", "dx", "dw", "all"))
         taps = None
-        if plan is not None:
+        depthwise = plan is not None and layers.is_depthwise(plan, shape.lhs, shape.rhs)
+        if plan is not None and not depthwise:
             tap_conv = lambda x, w, *args, plan=plan, **kwargs: layers.tap_conv(plan, x, w)  # noqa: E731
             taps = _jax_times(shape, tap_conv, repeats, ("dw", "all"))
         uses_taps = plan is not None and layers.tap_rule_pays(plan, shape.lhs, shape.rhs)
-        depthwise = plan is not None and layers.is_depthwise(plan, shape.lhs, shape.rhs)
         if depthwise:  # The whole conv is the taps' (`layers.depthwise_conv`): timed as jaxdl runs it.
             jaxdl_ms = _jax_times(shape, layers.conv_general_dilated, repeats, ("all",))["all"]
             rule = "taps: fwd, dX, dW"

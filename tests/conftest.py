@@ -19,28 +19,28 @@ from pathlib import Path
 _FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 
 
-def _fast_compile_flags() -> str:
+def _xla_accepts(flags: list[str]) -> bool:
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True)
+    return probe.returncode == 0
+
+
+def _fast_compile_flags() -> list[str]:
     if os.environ.get("JAXDL_TEST_XLA_OPT") == "1":
-        return ""
+        return []
     if "JAXDL_TEST_FAST_COMPILE" not in os.environ:
-
-        def accepted(flags: list[str]) -> bool:
-            env = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
-            probe = [sys.executable, "-c", "import jax; jax.devices()"]
-            return subprocess.run(probe, env=env, capture_output=True).returncode == 0
-
         flags = list(_FAST_COMPILE)
-        if not accepted(flags):
-            flags = [flag for flag in _FAST_COMPILE if accepted([flag])]
+        if not _xla_accepts(flags):
+            flags = [flag for flag in _FAST_COMPILE if _xla_accepts([flag])]
         os.environ["JAXDL_TEST_FAST_COMPILE"] = " ".join(flags)
-    return os.environ["JAXDL_TEST_FAST_COMPILE"]
+    return os.environ["JAXDL_TEST_FAST_COMPILE"].split()
 
 
-# Must be set before JAX starts: sharding tests need several devices.
-_XLA_FLAGS = ["--xla_force_host_platform_device_count=8", *_fast_compile_flags().split()]
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), *(flag for flag in _XLA_FLAGS if flag not in os.environ.get("XLA_FLAGS", ""))]
-).strip()
+# Must be set before JAX starts: sharding tests need several devices. Workers inherit the
+# controller's flags, so each is added once.
+_EXISTING_FLAGS = os.environ.get("XLA_FLAGS", "").split()
+_NEW_FLAGS = ["--xla_force_host_platform_device_count=8", *_fast_compile_flags()]
+os.environ["XLA_FLAGS"] = " ".join([*_EXISTING_FLAGS, *(f for f in _NEW_FLAGS if f not in _EXISTING_FLAGS)])
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # ultralytics (the YOLO reference) must not reach the network nor write settings into $HOME.
 os.environ["YOLO_OFFLINE"] = "1"

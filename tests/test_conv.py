@@ -266,8 +266,7 @@ def test_family_train_step_equals_xla(name: str, kwargs: dict, shape: tuple) -> 
     the model where its own is smaller: a gradient that is zero in exact arithmetic
     (a BatchNorm bias followed by another train-mode BatchNorm, as in EfficientNet's
     blocks) is float noise, 1e-8 of the largest, whose relative error says nothing.
-    Where the forward pass is the taps' (depthwise convs) the
-    noise differs from XLA's.
+    Where the forward pass is the taps' (depthwise convs) that noise differs from XLA's.
     """
     model = models.create_model(name, **kwargs)
     x = jax.random.normal(jax.random.key(1), shape)
