@@ -13,7 +13,8 @@ FLOPs come from XLA's cost analysis of the compiled step (forward, backward and
 update; a multiply-add counts 2). MFU is achieved FLOP/s over the peak of the
 devices: a datasheet table for common accelerators (PEAK_TFLOPS), a timed matmul
 on a CPU. `config.profile_steps` writes a profiler trace of timed steps
-(`jaxdl.runlog.StepProfiler`, as in `jaxdl-train`).
+(`jaxdl.runlog.StepProfiler`, as in `jaxdl-train`) and the step's optimised HLO
+next to it, and prints the trace summed by kind of operation (`jaxdl.profiling`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import configuration, runlog
+from jaxdl import configuration, profiling, runlog
 from jaxdl.cli import report
 from jaxdl.errors import ConfigError, UserError
 from jaxdl.experiment import Experiment
@@ -248,6 +249,11 @@ def benchmark(
         results["memory_source"] = "estimate: compiled step arguments + outputs + temporaries - donated, per device"
     if profiler.window:
         results["profile_dir"] = str(profiler.log_dir)
+        hlo_text = compiled.as_text()
+        (profiler.log_dir / "train_step.hlo.txt").write_text(hlo_text)  # The names the trace's operations carry.
+        summary = profiling.summarize(profiler.log_dir, hlo_text)
+        results["profile_ms"] = {f"{kind} / {phase}": ms for (kind, phase), ms in sorted(summary.ms.items())}
+        results["profile_table"] = profiling.format_profile(summary, step_ms=results["step_ms_median"])
     return results
 
 
@@ -318,7 +324,10 @@ def format_report(results: dict) -> str:
     if r.get("profile_dir"):
         rows.append(("profile trace", f"{r['profile_dir']} (its steps were timed with the tracer on)"))
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    table = "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    if r.get("profile_table"):
+        table += "\n\nwhere the profiled steps' time went (ms per step, from the trace):\n" + r["profile_table"]
+    return table
 
 
 def _parser() -> argparse.ArgumentParser:

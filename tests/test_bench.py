@@ -45,7 +45,10 @@ def test_bench_on_digits_prints_mfu_and_writes_json(tmp_path, capsys):
     assert len(list((tmp_path / "profile").rglob("*.xplane.pb"))) == 1  # The trace of timed steps 2 and 3.
     printed = capsys.readouterr().out
     assert "MFU" in printed and "FLOPs per step" in printed and "measured" in printed  # A CPU's peak is measured.
+    # The profiled steps' time by kind of operation: digits_cnn's convolutions, forward and both gradients.
+    assert "where the profiled steps' time went" in printed and (tmp_path / "profile" / "train_step.hlo.txt").exists()
     results = json.loads(out.read_text())
+    assert {"conv forward / forward", "conv weight gradient / backward"} <= set(results["profile_ms"])
     assert JSON_KEYS <= set(results)
     assert results["batch_size"] == 64 and results["steps"] == 3
     # The derived numbers follow from the measured ones.

@@ -9,6 +9,7 @@ from jax import lax
 
 from jaxdl import models
 from jaxdl.models import layers
+from tests import helpers
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -285,3 +286,16 @@ def test_family_train_step_equals_xla(name: str, kwargs: dict, shape: tuple) -> 
             reference = reference[key.key]
         scale = max(float(jnp.max(jnp.abs(reference))), floor)
         assert float(jnp.max(jnp.abs(leaf - reference))) / scale < 1e-5, jax.tree_util.keystr(path)
+
+
+def test_dense_conv_alternatives_equal_xla_at_toy_size(capsys) -> None:
+    # experiments/dense_conv_alternatives.py: the formulations the notes compare with XLA's dense 3x3 rule
+    # compute the same conv (an odd size: Winograd's last tiles are cropped at the edge).
+    script = helpers.load_experiment("dense_conv_alternatives")
+    results = script.main(["--shapes=2x7x3x4", "--repeats=1"])
+    assert set(results) == {"2x7x3x4"}
+    for per_shape in results.values():
+        assert set(per_shape) == set(script.FORMULATIONS)
+        for name, numbers in per_shape.items():
+            assert max(numbers["max_rel_err_y_dx_dw"]) < 1e-5, name
+    assert "winograd_f4 fwd / fwd+dX+dW" in capsys.readouterr().out
