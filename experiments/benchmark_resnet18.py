@@ -9,7 +9,9 @@ warm-up; each figure is the median over `repeats` rounds of `steps` steps. Also
 prints the compile time of jaxdl's step. PyTorch uses torchvision's resnet18 with
 the same stem change, on as many threads as JAX has cores. jaxdl is also timed
 with XLA's own conv gradients (`layers.conv_rule("xla")`, jaxdl before its CPU conv rule),
-and the hand-written net uses flax's plain `nn.Conv`, i.e. XLA's rule.
+and with the tap weight gradient for every conv (`layers.conv_rule("taps")`,
+the dense 3x3 convs included); the hand-written net uses flax's plain
+`nn.Conv`, i.e. XLA's rule.
 
 With --compile_imagenet it also reports, for each configs/imagenet_*.py, the
 compile time of its full-size train step at 224x224 (batch 8 per device).
@@ -121,11 +123,23 @@ def compare(batch_size: int, steps: int, repeats: int) -> dict:
     # The conv rule is chosen at trace time, which _jax_step does in a fresh jit.
     with layers.conv_rule("xla"):
         xla_conv_step, xla_conv_state, _ = _jax_step(ours, batch)
+    with layers.conv_rule("taps"):  # The tap weight gradient for the dense 3x3 convs too.
+        taps_step, taps_state, _ = _jax_step(ours, batch)
     ref_step, ref_state, _ = _jax_step(HandWrittenResNet18(), batch)
     torch_step = _torch_step(batch_size)
     key = jax.random.key(1)
-    states = {"jaxdl": jaxdl_state, "jaxdl_xla_conv": xla_conv_state, "flax_hand_written": ref_state}
-    steps_fn = {"jaxdl": jaxdl_step, "jaxdl_xla_conv": xla_conv_step, "flax_hand_written": ref_step}
+    states = {
+        "jaxdl": jaxdl_state,
+        "jaxdl_xla_conv": xla_conv_state,
+        "jaxdl_taps_conv": taps_state,
+        "flax_hand_written": ref_state,
+    }
+    steps_fn = {
+        "jaxdl": jaxdl_step,
+        "jaxdl_xla_conv": xla_conv_step,
+        "jaxdl_taps_conv": taps_step,
+        "flax_hand_written": ref_step,
+    }
 
     def run_jax(name: str) -> float:
         state = states[name]
@@ -147,9 +161,9 @@ def compare(batch_size: int, steps: int, repeats: int) -> dict:
             torch_step().item()
         return steps / (time.perf_counter() - start)
 
-    rates = {"jaxdl": [], "jaxdl_xla_conv": [], "flax_hand_written": [], "pytorch": []}
+    rates = {name: [] for name in (*steps_fn, "pytorch")}
     for _ in range(repeats):
-        for name in ("jaxdl", "jaxdl_xla_conv", "flax_hand_written"):
+        for name in steps_fn:
             rates[name].append(run_jax(name))
         rates["pytorch"].append(run_torch())
     median = {k: statistics.median(v) for k, v in rates.items()}
@@ -158,6 +172,7 @@ def compare(batch_size: int, steps: int, repeats: int) -> dict:
         "steps_per_s": median,
         "jaxdl_vs_hand_written": median["jaxdl"] / median["flax_hand_written"],
         "jaxdl_vs_xla_conv": median["jaxdl"] / median["jaxdl_xla_conv"],
+        "jaxdl_vs_taps_conv": median["jaxdl"] / median["jaxdl_taps_conv"],
         "jaxdl_vs_pytorch": median["jaxdl"] / median["pytorch"],
         "jaxdl_compile_s": compile_s,
         "all_rounds": rates,
@@ -206,11 +221,13 @@ def main(argv=None) -> dict:
     speed = result["resnet18"]
     print(
         "resnet18 CIFAR stem, batch {batch}: jaxdl {j:.2f} steps/s, jaxdl with XLA's conv rule {x:.2f}, "
+        "with the tap rule for every conv {t:.2f}, "
         "hand-written flax {h:.2f}, PyTorch {p:.2f}; jaxdl/XLA's rule {r0:.3f}, "
         "jaxdl/hand-written {r1:.3f}, jaxdl/PyTorch {r2:.3f}; jaxdl compile {c:.1f} s".format(
             batch=speed["batch"],
             j=speed["steps_per_s"]["jaxdl"],
             x=speed["steps_per_s"]["jaxdl_xla_conv"],
+            t=speed["steps_per_s"]["jaxdl_taps_conv"],
             r0=speed["jaxdl_vs_xla_conv"],
             h=speed["steps_per_s"]["flax_hand_written"],
             p=speed["steps_per_s"]["pytorch"],

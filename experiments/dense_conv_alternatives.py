@@ -1,6 +1,7 @@
 """Dense 3x3 stride-1 convs on CPU: XLA's rule against formulations written as other XLA ops.
 
-  python experiments/dense_conv_alternatives.py [--repeats=5] [--shapes=64x32x64x64,...] [--out=FILE]
+  python experiments/dense_conv_alternatives.py [--repeats=5] [--shapes=64x32x64x64,...]
+      [--formulations=xla,winograd_f2,...] [--out=FILE]
 
 Why jaxdl keeps XLA's rule for dense k x k convs (`jaxdl.models.layers`). For
 each shape N x H(=W) x C -> O (NHWC, SAME padding, float32), it times:
@@ -179,14 +180,15 @@ def _median_ms(fn: Callable, *args, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def measure(shape: tuple[int, int, int, int], repeats: int) -> dict:
+def measure(shape: tuple[int, int, int, int], repeats: int, names: list[str]) -> dict:
     n, h, c, o = shape
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], (n, h, h, c))
     w = jax.random.normal(keys[1], (3, 3, c, o)) / np.sqrt(9 * c)
     dy = jax.random.normal(keys[2], (n, h, h, o))
     results, reference = {}, None
-    for name, conv in FORMULATIONS.items():
+    for name in ["xla", *(n for n in names if n != "xla")]:  # XLA's first: the reference of the errors.
+        conv = FORMULATIONS[name]
         forward = jax.jit(conv)
         train = jax.jit(lambda x, w, dy, conv=conv: (lambda y, vjp: (y, *vjp(dy)))(*jax.vjp(conv, x, w)))
         outputs = train(x, w, dy)
@@ -204,20 +206,25 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="NxHxCxO,... (3x3, stride 1, SAME)")
+    parser.add_argument("--formulations", default=",".join(FORMULATIONS), help="which to time (xla always)")
     parser.add_argument("--out", default="", help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
+    names = ["xla", *(n for n in args.formulations.split(",") if n and n != "xla")]
+    unknown = [n for n in names if n not in FORMULATIONS]
+    if unknown:
+        parser.error(f"--formulations: {', '.join(unknown)} unknown; choose from {', '.join(FORMULATIONS)}")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     if any(len(s) != 4 for s in shapes):
         parser.error(f"--shapes={args.shapes!r}: each shape is NxHxCxO, e.g. 64x32x64x64")
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}; ms, median of {args.repeats}")
-    print("| N x H x C -> O | " + " | ".join(f"{name} fwd / fwd+dX+dW" for name in FORMULATIONS) + " |")
-    print("|---|" + "---:|" * len(FORMULATIONS))
+    print("| N x H x C -> O | " + " | ".join(f"{name} fwd / fwd+dX+dW" for name in names) + " |")
+    print("|---|" + "---:|" * len(names))
     everything = {}
     for shape in shapes:
-        results = everything["x".join(map(str, shape))] = measure(shape, args.repeats)
+        results = everything["x".join(map(str, shape))] = measure(shape, args.repeats, names)
         cells = [f"{r['forward_ms']:.1f} / {r['train_ms']:.1f}" for r in results.values()]
         print(f"| {shape[0]} x {shape[1]} x {shape[2]} -> {shape[3]} | " + " | ".join(cells) + " |", flush=True)
-    worst = {name: max(max(everything[s][name]["max_rel_err_y_dx_dw"]) for s in everything) for name in FORMULATIONS}
+    worst = {name: max(max(everything[s][name]["max_rel_err_y_dx_dw"]) for s in everything) for name in names}
     print("largest relative difference from XLA (y, dX or dW): " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
     if args.out:
         with open(args.out, "w") as f:

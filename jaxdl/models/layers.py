@@ -168,9 +168,11 @@ _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), o
 #     resnet50 and yolov8n shapes), nothing written in XLA ops beats XLA's rule on every shape:
 #     taps 0.88-1.29x XLA's time (resnet18 64x32x32 64->64: 217 vs 247 ms; 8x56x56 64->64: 77
 #     vs 60), the flattened-row tap products 1.06-1.57x, their one-matmul im2col 1.09-1.97x,
-#     Winograd F(2x2,3x3) 1.0-1.9x, F(4x4,3x3) 2.5-7.4x (its forward alone 0.9-3.5x). In the
-#     ResNet-18 step (batch 64) the taps, or XLA's rule with its inputs materialised, run within the
-#     step-to-step spread of XLA's (1.98-2.23 s, separate processes, alternated).
+#     Winograd F(2x2,3x3) 1.0-1.9x, F(4x4,3x3) 2.5-7.4x (its forward alone 0.9-3.5x). XLA's library
+#     paths for convs (its YNNPACK, XNNPACK and oneDNN fusion flags, the script's docstring) were
+#     no faster either. In the ResNet-18 step (`python experiments/benchmark_resnet18.py
+#     --repeats=3`, batch 64) the taps for every conv gave 0.44 steps/s against 0.43 (this rule)
+#     and 0.42 (XLA's): within the spread between rounds.
 _MAX_TAPS = 49  # Beyond 7x7 the per-tap products are many and small (e.g. ViT's 16x16 patch conv): XLA's.
 
 # Which weight-gradient rule `conv_general_dilated` takes; set by `conv_rule`, read when a conv is traced.
