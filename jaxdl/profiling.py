@@ -20,7 +20,9 @@ single operations are listed too.
 
 Times are the operations' own durations as the profiler recorded them. XLA:CPU
 may run independent operations side by side, so their sum can exceed the step's
-wall time; the table gives both.
+wall time; the table gives both. With several devices in the process, each
+device's operations are counted (collectives include the time a device waits
+for the others).
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ def classify(hlo_text: str) -> dict[str, Op]:
     # What XLA made, with no op name, to feed a convolution its operands in the layout it needs (for dW:
     # the input and cotangent with batch and channels swapped), with any work it fused in to recompute.
     for name, opcode, rest in instructions:
-        if ops[name].kind.startswith("conv") and opcode in ("convolution", "fusion"):
+        if ops[name].kind in KINDS[:3] and opcode in ("convolution", "fusion"):  # The three conv kinds.
             start = rest.index(opcode + "(") + len(opcode) + 1
             for operand in re.findall(r"%([\w.\-]+)", rest[start : rest.find(")", start)]):
                 feeder = ops.get(operand)
