@@ -48,6 +48,7 @@ KINDS = (
     "other",
 )
 PHASES = ("forward", "backward", "other")
+_CONV_KINDS = KINDS[:3]
 
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
@@ -132,10 +133,11 @@ def _window_exceeds_output(line: str, shape: str) -> bool:
     return any(w > o for w, o in zip(sizes, spatial, strict=False))
 
 
-def _conv_kind(line: str, shape: str, op_name: str) -> str:
+def _conv_kind(line: str, op_name: str) -> str:
+    """Which of the three conv kinds a convolution instruction (the text after its '=') is."""
     if _phase(op_name) == "forward":
         return "conv forward"
-    if _window_exceeds_output(line, shape):
+    if _window_exceeds_output(line, line.split(" ", 1)[0]):
         return "conv weight gradient"
     if _phase(op_name) == "backward":
         return "conv input gradient"
@@ -145,6 +147,7 @@ def _conv_kind(line: str, shape: str, op_name: str) -> str:
 
 
 def _kind_of_opcodes(opcodes: set[str]) -> str:
+    """The kind of an instruction ({its opcode}) or of a fusion (the opcodes it fuses); a conv's is refined later."""
     if "convolution" in opcodes:
         return "conv forward"
     if "dot" in opcodes:
@@ -155,6 +158,8 @@ def _kind_of_opcodes(opcodes: set[str]) -> str:
         return "reductions"
     if opcodes <= _MOVEMENT:
         return "data movement"
+    if opcodes & {"while", "call", "conditional", "custom-call", "sort", "rng", "rng-bit-generator"}:
+        return "other"
     return "elementwise"
 
 
@@ -197,33 +202,22 @@ def classify(hlo_text: str) -> dict[str, Op]:
     ops = {}
     for name, opcode, rest in instructions:
         op_name = _op_name(rest)
-        conv = rest if opcode == "convolution" else None
         if opcode == "fusion":
             called = re.search(r"calls=%?([\w.\-]+)", rest)
             inner = called.group(1) if called else ""
             kind = _kind_of_opcodes(opcodes.get(inner, set()) - {"parameter"} or {"parameter"})
-            conv = convs.get(inner) if kind == "conv forward" else None
+            conv = convs.get(inner)
             op_name = op_name or (_op_name(conv) if conv else roots.get(inner, ""))
-        elif opcode == "dot":
-            kind = "matmul"
-        elif opcode in _COLLECTIVES:
-            kind = "collectives"
-        elif opcode in ("reduce", "reduce-window", "select-and-scatter"):
-            kind = "reductions"
-        elif opcode in _MOVEMENT:
-            kind = "data movement"
-        elif opcode in ("while", "call", "conditional", "custom-call", "sort", "rng", "rng-bit-generator"):
-            kind = "other"
         else:
-            kind = "elementwise"
-        if conv is not None:
-            kind = _conv_kind(conv, conv.split(" ", 1)[0], op_name)
+            kind, conv = _kind_of_opcodes({opcode}), rest
+        if kind == "conv forward":
+            kind = _conv_kind(conv, op_name)
         phase = "backward" if kind == "conv weight gradient" else _phase(op_name)
         ops[name] = Op(kind, phase, op_name)
     # What XLA made, with no op name, to feed a convolution its operands in the layout it needs (for dW:
     # the input and cotangent with batch and channels swapped), with any work it fused in to recompute.
     for name, opcode, rest in instructions:
-        if ops[name].kind in KINDS[:3] and opcode in ("convolution", "fusion"):  # The three conv kinds.
+        if ops[name].kind in _CONV_KINDS:
             start = rest.index(opcode + "(") + len(opcode) + 1
             for operand in re.findall(r"%([\w.\-]+)", rest[start : rest.find(")", start)]):
                 feeder = ops.get(operand)
@@ -283,7 +277,7 @@ def summarize(trace_dir: str | Path, hlo_text: str, top: int = 10) -> StepProfil
             ms[op.kind, op.phase] += duration / steps
             per_op[name] += duration / steps
     heaviest = sorted(per_op.items(), key=lambda item: -item[1])[:top]
-    rows = [(name, ops.get(name, unknown).kind, ops.get(name, unknown).op_name, t) for name, t in heaviest]
+    rows = [(name, (op := ops.get(name, unknown)).kind, op.op_name, t) for name, t in heaviest]
     return StepProfile(dict(ms), rows, steps, traces[-1])
 
 
