@@ -11,11 +11,13 @@ each shape N x H(=W) x C -> O (NHWC, SAME padding, float32), it times:
 - `winograd_f2`, `winograd_f4`: Winograd's minimal filtering F(2x2, 3x3) and
   F(4x4, 3x3) (Lavin & Gray 2016) written as pads, strided slices, sums and one
   batched matmul per transformed tap; gradients by JAX's autodiff of that;
-- `taps_dw`, `flat_dw`, `flat_im2col_dw`: XLA's forward and dX with the weight
-  gradient as (a) one product per tap of the tap's strided input slice with the
-  cotangent (jaxdl's rule for 1x1 and grouped convs), (b) the same with the
-  padded input flattened to rows, so that each tap is a contiguous row range
-  (one product per tap), (c) those nine row ranges side by side, one product.
+- `taps_dw`: jaxdl's own conv under `layers.conv_rule("taps")`: XLA's forward
+  and dX, the weight gradient one product per tap of the tap's strided input
+  slice with the cotangent (its rule for 1x1 and grouped convs);
+- `flat_dw`, `flat_im2col_dw`: XLA's forward and dX with the weight gradient as
+  the tap products with the padded input flattened to rows, so that each tap is
+  a contiguous row range (one product per tap), or those nine row ranges side by
+  side (one product).
 
 Each figure is the median of `repeats` calls after a warm-up, in ms; `err` is
 the largest |difference| from XLA's result over XLA's largest |value|, for the
@@ -32,11 +34,16 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax import lax
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax import lax  # noqa: E402
+
+from jaxdl.models import layers  # noqa: E402
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -109,13 +116,10 @@ def winograd_conv(x: jax.Array, w: jax.Array, m: int) -> jax.Array:
     return y[:, :h, :width]
 
 
-def taps_dw(x: jax.Array, dy: jax.Array) -> jax.Array:
-    """dW as one product per tap of the tap's strided slice of the padded input with the cotangent."""
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    n, h, width, c = x.shape
-    flat_dy = dy.reshape(-1, dy.shape[-1])
-    taps = [xp[:, i : i + h, j : j + width].reshape(-1, c).T @ flat_dy for i in range(3) for j in range(3)]
-    return jnp.stack(taps).reshape(3, 3, c, -1)
+def jaxdl_taps_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    """jaxdl's conv with its tap weight gradient (read when traced, so inside the traced function)."""
+    with layers.conv_rule("taps"):
+        return layers.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
 
 
 def _flat_rows(x: jax.Array, dy: jax.Array) -> tuple[jax.Array, jax.Array, list[int], int]:
@@ -164,7 +168,7 @@ FORMULATIONS: dict[str, Callable] = {
     "xla": xla_conv,
     "winograd_f2": lambda x, w: winograd_conv(x, w, 2),
     "winograd_f4": lambda x, w: winograd_conv(x, w, 4),
-    "taps_dw": with_weight_grad(taps_dw),
+    "taps_dw": jaxdl_taps_conv,
     "flat_dw": with_weight_grad(flat_dw),
     "flat_im2col_dw": with_weight_grad(flat_im2col_dw),
 }

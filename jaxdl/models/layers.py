@@ -166,8 +166,9 @@ _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), o
 #     So XLA's dW, never slower than today. Re-measured on a quiet machine with the whole conv
 #     (fwd + dX + dW, `python experiments/dense_conv_alternatives.py`, 3x3 stride 1, resnet18 CIFAR,
 #     resnet50 and yolov8n shapes), nothing written in XLA ops beats XLA's rule on every shape:
-#     taps 0.88-1.29x XLA's time (resnet18 64x32x32 64->64: 217 vs 247 ms; 8x56x56 64->64: 77
-#     vs 60), the flattened-row tap products 1.06-1.57x, their one-matmul im2col 1.09-1.97x,
+#     this conv with the taps 0.84-1.38x XLA's time (resnet18 64x16x16 128->128: 118 vs 86 ms;
+#     yolov8n 2x80x80 64->64: 23 vs 27), the flattened-row tap products 1.06-1.57x, their
+#     one-matmul im2col 1.09-1.97x,
 #     Winograd F(2x2,3x3) 1.0-1.9x, F(4x4,3x3) 2.5-7.4x (its forward alone 0.9-3.5x). XLA's library
 #     paths for convs (its YNNPACK, XNNPACK and oneDNN fusion flags, the script's docstring) were
 #     no faster either. In the ResNet-18 step (`python experiments/benchmark_resnet18.py
