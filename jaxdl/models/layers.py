@@ -168,10 +168,9 @@ _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), o
 #     resnet50 and yolov8n shapes), nothing written in XLA ops beats XLA's rule on every shape:
 #     this conv with the taps 0.84-1.38x XLA's time (resnet18 64x16x16 128->128: 118 vs 86 ms;
 #     yolov8n 2x80x80 64->64: 23 vs 27), the flattened-row tap products 1.06-1.57x, their
-#     one-matmul im2col 1.09-1.97x,
-#     Winograd F(2x2,3x3) 1.0-1.9x, F(4x4,3x3) 2.5-7.4x (its forward alone 0.9-3.5x). XLA's library
-#     paths for convs (its YNNPACK, XNNPACK and oneDNN fusion flags, the script's docstring) were
-#     no faster either. In the ResNet-18 step (`python experiments/benchmark_resnet18.py
+#     one-matmul im2col 1.09-1.97x, Winograd F(2x2,3x3) 1.0-1.9x, F(4x4,3x3) 2.5-7.4x (its forward
+#     alone 0.9-3.5x). XLA's library paths for convs (its YNNPACK, XNNPACK and oneDNN fusion flags,
+#     the script's docstring) were no faster either. In the ResNet-18 step (`python experiments/benchmark_resnet18.py
 #     --repeats=3`, batch 64) the taps for every conv gave 0.44 steps/s against 0.43 (this rule)
 #     and 0.42 (XLA's): within the spread between rounds.
 _MAX_TAPS = 49  # Beyond 7x7 the per-tap products are many and small (e.g. ViT's 16x16 patch conv): XLA's.
